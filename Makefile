@@ -1,0 +1,41 @@
+# Everything the project needs is installed from here: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv data demo test lint bench clean
+
+venv: $(STAMP)
+
+# torch/torchvision first, pinned to the builds on local disk, so nothing pulls a multi-GB build from the network.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Zalando's Fashion-MNIST from Debian's dataset-fashion-mnist package, installed when missing.
+data: $(FMNIST_DIR)/train-images-idx3-ubyte.gz
+
+$(FMNIST_DIR)/train-images-idx3-ubyte.gz:
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+demo: venv data
+	$(BIN)/lossguided run configs/cpu-small.yaml --out runs/demo
+
+test: venv data
+	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: venv data
+	$(BIN)/python benchmarks/record_overhead.py
+
+clean:
+	rm -rf runs .pytest_cache

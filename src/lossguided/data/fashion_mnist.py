@@ -1,0 +1,91 @@
+"""Built-in dataset: Zalando's Fashion-MNIST product images (Debian's `dataset-fashion-mnist` IDX files),
+made long-tailed and noisy by our own seeded code, with the true labels kept for scoring.
+
+Splits: `train` (long-tailed, noisy), `val` (a clean, balanced hold-out of the original training images, never in
+`train`), `test` (the original 10,000 test images, clean). Ids: original train index; test ids start at 60,000.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from lossguided.data.manifest import ClassMap, DataError, Manifest
+from lossguided.data.noise import add_label_noise, long_tail_subset
+
+NAME = "fashion-mnist"
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+TEST_ID_OFFSET = 60_000
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FashionMnistOptions:
+    """How the built-in benchmark is made: every field changes the data, so all are saved with a run."""
+
+    data_dir: str = DEFAULT_DIR
+    imbalance_ratio: float = 100.0
+    noise_rate: float = 0.2
+    noise_kind: str = "symmetric"
+    seed: int = 0
+    val_per_class: int = 100
+    train_limit: int | None = None  # keep only this many training samples (tests, quick runs)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@lru_cache(maxsize=2)
+def _load_raw(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    d = Path(data_dir)
+    img, lab = d / f"{prefix}-images-idx3-ubyte.gz", d / f"{prefix}-labels-idx1-ubyte.gz"
+    for p in (img, lab):
+        if not p.is_file():
+            raise DataError(
+                f"{p}: not found; install Debian's dataset-fashion-mnist (`make data`) or pass --data-dir"
+            )
+    return _read_idx(img), _read_idx(lab).astype(np.int64)
+
+
+def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Manifest:
+    """One split as an in-memory manifest (images uint8 [N,28,28])."""
+    if split not in SPLITS:
+        raise ValueError(f"fashion-mnist split {split!r} is not one of {SPLITS}")
+    data_dir = os.environ.get("LOSSGUIDED_FASHION_MNIST_DIR", options.data_dir)
+    classes = ClassMap(CLASS_NAMES)
+    if split == "test":
+        images, labels = _load_raw(data_dir, "test")
+        ids = np.arange(len(labels)) + TEST_ID_OFFSET
+        return Manifest(ids=ids, labels=labels, classes=classes, source=NAME + ":test", images=images,
+                        true_labels=labels)  # fmt: skip
+    images, labels = _load_raw(data_dir, "train")
+    rng = np.random.default_rng(options.seed)
+    val_idx = np.sort(np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == c))[: options.val_per_class] for c in range(len(classes))]
+    ))  # fmt: skip
+    if split == "val":
+        return Manifest(ids=val_idx, labels=labels[val_idx], classes=classes, source=NAME + ":val",
+                        images=images[val_idx], true_labels=labels[val_idx])  # fmt: skip
+    pool = np.setdiff1d(np.arange(len(labels)), val_idx)
+    keep = pool[long_tail_subset(labels[pool], imbalance_ratio=options.imbalance_ratio, seed=options.seed + 1)]
+    if options.train_limit is not None and options.train_limit < len(keep):
+        keep = np.sort(np.random.default_rng(options.seed + 3).choice(keep, options.train_limit, replace=False))
+    true = labels[keep]
+    noisy = add_label_noise(true, rate=options.noise_rate, kind=options.noise_kind, num_classes=len(classes),
+                            seed=options.seed + 2)  # fmt: skip
+    return Manifest(ids=keep, labels=noisy, classes=classes, source=NAME + ":train", images=images[keep],
+                    true_labels=true)  # fmt: skip

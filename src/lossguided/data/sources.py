@@ -1,0 +1,31 @@
+"""Turn what a user names on the command line (a CSV, an ImageFolder tree, or `fashion-mnist`) into a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lossguided.data import fashion_mnist
+from lossguided.data.manifest import ClassMap, DataError, Manifest, read_csv, read_image_folder
+
+
+def load_manifest(
+    spec: str,
+    *,
+    split: str = "train",
+    classes: ClassMap | None = None,
+    fashion_mnist_options: fashion_mnist.FashionMnistOptions | None = None,
+) -> Manifest:
+    """`spec` is a CSV path, an ImageFolder root, or `fashion-mnist` (its `split` is taken: train, val or test).
+
+    With `classes` (a checkpoint's or the training set's class map), labels are encoded through it.
+    """
+    if spec == fashion_mnist.NAME or spec.startswith(fashion_mnist.NAME + ":"):
+        part = spec.split(":", 1)[1] if ":" in spec else split
+        manifest = fashion_mnist.load(part, fashion_mnist_options or fashion_mnist.FashionMnistOptions())
+        return manifest if classes is None else manifest.with_classes(classes)
+    path = Path(spec)
+    if path.is_dir():
+        return read_image_folder(path, classes=classes)
+    if path.suffix.lower() == ".csv" or path.is_file():
+        return read_csv(path, classes=classes)
+    raise DataError(f"{spec}: not found (expected a CSV manifest, an ImageFolder directory or 'fashion-mnist')")

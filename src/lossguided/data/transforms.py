@@ -1,0 +1,49 @@
+"""The paper's input pipeline (section 3.1): resize to a square, horizontal flip with p=0.5, normalize on 0-255.
+
+Decoding and resizing happen per image in the dataset (uint8 out, cheap to move); flip and normalization run on the
+whole batch on the training device, so workers ship 4x fewer bytes and the GPU does the float work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PAPER_MEAN = (123.68, 116.779, 103.939)
+PAPER_STD = (58.393, 57.12, 57.375)
+
+
+class BatchTransform(nn.Module):
+    """uint8 [B,C,H,W] (C = 1 or 3) -> normalized float [B,3,H,W], flipped per sample when `flip` and training."""
+
+    def __init__(self, *, mean=PAPER_MEAN, std=PAPER_STD, flip: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.flip = flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.flip and self.training:
+            mask = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+        return (x - self.mean) / self.std
+
+
+def hflip_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time augmentation by horizontal flip: the identity view and the mirrored one."""
+    return [x, x.flip(3)]
+
+
+def dihedral8_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """All eight flips and 90-degree rotations (the paper found hflip alone better; offered for comparison)."""
+    views = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(2, 3))
+        views += [r, r.flip(3)]
+    return views
+
+
+TTA_VIEWS = {"none": lambda x: [x], "hflip": hflip_views, "dihedral8": dihedral8_views}

@@ -1,0 +1,79 @@
+"""The one place that reads distributed state. torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them the process
+is a world of one and every helper here is a no-op, so single-process code paths need no special cases."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes files (checkpoints, tables, logs)."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def get_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def default_device(info: DistInfo | None = None) -> torch.device:
+    info = info or get_info()
+    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """Gather a 1-D tensor of any length from every rank (lengths may differ across ranks)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [t]
+    n = torch.tensor([t.numel()], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
+    padded[: t.numel()] = t
+    out = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return [o[: int(s.item())] for o, s in zip(out, sizes, strict=True)]
+
+
+def broadcast_object(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,36 @@
+"""Ranger (RAdam + Lookahead, timm's `lookahead_radam`) and the per-batch cosine decay of the paper's eq. (2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+
+def create_optimizer(model: nn.Module, *, name: str = "lookahead_radam", lr: float = 1e-4,
+                     weight_decay: float = 0.0) -> torch.optim.Optimizer:  # fmt: skip
+    """Any optimizer timm knows by name (`timm.optim.list_optimizers()`); the paper's Ranger is the default."""
+    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, lr_min_ratio: float = 0.1,
+                     warmup_steps: int = 0) -> CosineLRScheduler:  # fmt: skip
+    """timm's cosine schedule stepped per batch (`step_update(t)`): eta_t of eq. (2), ending at lr * lr_min_ratio."""
+    base_lr = optimizer.param_groups[0]["lr"]
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(total_steps, 1),
+        lr_min=base_lr * lr_min_ratio,
+        warmup_t=warmup_steps,
+        warmup_lr_init=base_lr * lr_min_ratio,
+        t_in_epochs=False,
+        cycle_limit=1,
+    )
+
+
+def cosine_lr(t: int, *, total: int, lr0: float, lr_min: float) -> float:
+    """Equation (2), for reference and tests: 0.5 (1 + cos(t pi / T)) (lr0 - lr_min) + lr_min."""
+    return 0.5 * (1 + math.cos(math.pi * min(t, total) / total)) * (lr0 - lr_min) + lr_min

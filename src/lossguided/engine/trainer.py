@@ -1,0 +1,205 @@
+"""A small trainer: the step is data -> forward (per-sample losses) -> backward -> optimizer and per-batch LR.
+Around it, once per epoch: loss recording, validation, a JSONL metrics line, checkpoints, early stopping.
+
+Resuming reads `out_dir/last.pt` (model, optimizer, epoch, step, RNG, recorder) and continues with the next epoch,
+so a killed run that is started again finishes as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from lossguided.config import TrainConfig
+from lossguided.data.loader import create_loader
+from lossguided.data.manifest import ClassMap
+from lossguided.data.transforms import BatchTransform
+from lossguided.engine import checkpoint
+from lossguided.engine.distributed import barrier, default_device, get_info
+from lossguided.engine.evaluate import evaluate
+from lossguided.engine.loss import create_criterion
+from lossguided.engine.optim import create_optimizer, create_scheduler
+from lossguided.engine.recorder import LossRecorder
+from lossguided.io import append_jsonl
+
+log = logging.getLogger("lossguided")
+
+
+@dataclass
+class FitResult:
+    best_val_error: float | None
+    epochs_done: int
+    stopped_early: bool
+    resumed_from: int | None
+
+
+class Trainer:
+    """Trains `model` on `train_set` under `cfg`. `update=False` only records losses (eval mode, no gradients)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set,
+        *,
+        cfg: TrainConfig,
+        classes: ClassMap,
+        out_dir: str | Path,
+        run_config: dict | None = None,
+        val_set=None,
+        recorder: LossRecorder | None = None,
+        update: bool = True,
+        loader_kwargs: dict | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.info = get_info()
+        self.cfg, self.classes, self.out_dir = cfg, classes, Path(out_dir)
+        self.run_config = run_config or {}
+        self.device = device or default_device(self.info)
+        self.update, self.recorder, self.val_set = update, recorder, val_set
+        self.on_cuda = self.device.type == "cuda"
+        self.model = model.to(self.device)
+        if self.on_cuda and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loader_kwargs = loader_kwargs or {}
+        self.loader = create_loader(train_set, batch_size=cfg.batch_size, shuffle=update, seed=cfg.seed,
+                                    info=self.info, **self.loader_kwargs)  # fmt: skip
+        self.steps_per_epoch = len(self.loader)
+        self.optimizer = create_optimizer(self.model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = create_scheduler(self.optimizer, total_steps=cfg.epochs * self.steps_per_epoch,
+                                          lr_min_ratio=cfg.lr_min_ratio, warmup_steps=cfg.warmup_steps)  # fmt: skip
+        self.criterion = create_criterion(num_classes=len(classes), smoothing=cfg.smoothing)
+        self.transform = BatchTransform(flip=cfg.flip).to(self.device)
+        self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.on_cuda else None) \
+            if self.info.enabled and update else self.model  # fmt: skip
+        self.epoch = self.step = 0
+        self.best, self.bad_epochs = None, 0
+
+    # -- the step ---------------------------------------------------------------------------------------------
+    def run_step(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        x = self.transform(images.to(self.device, non_blocking=True))
+        if self.on_cuda and self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda and self.cfg.amp):
+            logits = self.net(x)
+        losses = self.criterion(logits.float(), labels)
+        loss = losses.mean()
+        if self.update:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            self.scheduler.step_update(self.step)
+        if self.recorder is not None:
+            self.recorder.update(ids.to(self.device), losses, logits.argmax(1))
+        return loss.detach()
+
+    # -- epochs -----------------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        self.loader.sampler.set_epoch(self.epoch)
+        self.net.train(self.update)
+        self.transform.train(self.update)
+        total, seen, start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.info.is_main,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, file=sys.stderr)  # fmt: skip
+        with torch.set_grad_enabled(self.update):
+            for i, (images, labels, ids) in enumerate(bar):
+                total += self.run_step(images, labels, ids) * len(ids)
+                seen += len(ids)
+                if i % 20 == 0:
+                    rate = seen * self.info.world_size / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{total.item() / seen:.3f}", img_s=f"{rate:.0f}")
+        if self.recorder is not None:
+            self.recorder.end_epoch()
+        elapsed = time.perf_counter() - start
+        return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen * self.info.world_size / elapsed,
+                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}  # fmt: skip
+
+    def fit(self, *, resume: bool = True) -> FitResult:
+        resumed = self._resume() if resume else None
+        stopped = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience  # stopped before the kill
+        while self.epoch < self.cfg.epochs and not stopped:
+            record = {"epoch": self.epoch + 1, **self.train_epoch()}
+            if self.val_set is not None:
+                val = evaluate(self.model, self.val_set, class_names=self.classes.names,
+                               loader_kwargs=self.loader_kwargs)  # fmt: skip
+                record |= {"val_mean_top1_error": val["mean_top1_error"], "val_top1_error": val["top1_error"]}
+            self.epoch += 1
+            improved = self._track_best(record.get("val_mean_top1_error"))
+            stopped = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
+            self._save_epoch(record, improved)
+            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            if self.info.is_main:
+                log.info("%s%s", msg, " (early stop)" if stopped else "")
+        return FitResult(self.best, self.epoch, stopped, resumed)
+
+    def _track_best(self, val_error: float | None) -> bool:
+        if val_error is None:
+            return True  # without validation the latest model is the best we know
+        if self.best is None or val_error < self.best:
+            self.best, self.bad_epochs = val_error, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "classes": list(self.classes.names),
+            "config": self.run_config,
+            "model_name": self.run_config.get("model", {}).get("name"),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val_error": self.best,
+            "bad_epochs": self.bad_epochs,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        if self.recorder is not None:
+            state["recorder"] = self.recorder.state_dict()
+        return state
+
+    def _save_epoch(self, record: dict, improved: bool) -> None:
+        if self.info.is_main:
+            state = self.state_dict()
+            checkpoint.save(self.out_dir / "last.pt", state)
+            if improved:
+                best = {k: v for k, v in state.items() if k not in ("optimizer", "recorder", "rng")}
+                checkpoint.save(self.out_dir / "best.pt", best)
+            append_jsonl(self.out_dir / "metrics.jsonl", record)
+        barrier()
+
+    def _resume(self) -> int | None:
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            return None
+        state = checkpoint.load(path, map_location=self.device)
+        checkpoint.check_same_classes(state, self.classes, path=str(path), source="the training data")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best, self.bad_epochs = state["best_val_error"], int(state["bad_epochs"])
+        self.scheduler.step_update(self.step)
+        torch.set_rng_state(state["rng"].cpu())
+        if self.recorder is not None and "recorder" in state:
+            self.recorder.load_state_dict({k: v.cpu() for k, v in state["recorder"].items()})
+        if self.info.is_main:
+            log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+        return self.epoch
+
+
+def seed_everything(seed: int) -> None:
+    """Per-rank offset so that flips differ across ranks while the run stays reproducible."""
+    s = seed + get_info().rank
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)

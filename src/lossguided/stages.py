@@ -1,0 +1,146 @@
+"""The paper's stages as library functions over a resolved config: load the data, train (pre-train or fine-tune),
+record per-sample losses, evaluate. The CLI and the recipe are thin layers over these."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lossguided.config import DataConfig, RecipeConfig, TrainConfig, to_dict
+from lossguided.data import fashion_mnist
+from lossguided.data.datasets import check_images, make_dataset
+from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.sources import load_manifest
+from lossguided.engine import checkpoint
+from lossguided.engine.evaluate import evaluate
+from lossguided.engine.recorder import LossRecorder
+from lossguided.engine.trainer import FitResult, Trainer, seed_everything
+from lossguided.losstable import LossTable
+from lossguided.models import create_model
+
+log = logging.getLogger("lossguided")
+
+
+@dataclass
+class Splits:
+    train: Manifest
+    val: Manifest | None
+    test: Manifest | None
+
+    @property
+    def classes(self) -> ClassMap:
+        return self.train.classes
+
+
+def fashion_mnist_options(data: DataConfig) -> fashion_mnist.FashionMnistOptions:
+    return fashion_mnist.FashionMnistOptions(
+        data_dir=data.data_dir, imbalance_ratio=data.imbalance_ratio, noise_rate=data.noise_rate,
+        noise_kind=data.noise_kind, seed=data.data_seed, val_per_class=data.val_per_class,
+        train_limit=data.train_limit,
+    )  # fmt: skip
+
+
+def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train: bool = True) -> Splits:
+    """Read train/val/test; val and test are encoded with the training class map, and every image header is
+    checked now, so bad input stops the run before any training."""
+    opts = fashion_mnist_options(data)
+    builtin = data.train == fashion_mnist.NAME
+    train = load_manifest(data.train, split="train", classes=classes, fashion_mnist_options=opts) if need_train \
+        else None  # fmt: skip
+    classes = classes or train.classes
+    val_spec = data.val or (fashion_mnist.NAME if builtin else None)
+    test_spec = data.test or (fashion_mnist.NAME if builtin else None)
+    val = load_manifest(val_spec, split="val", classes=classes, fashion_mnist_options=opts) if val_spec else None
+    test = load_manifest(test_spec, split="test", classes=classes, fashion_mnist_options=opts) if test_spec else None
+    for m in (train, val, test):
+        if m is not None and not data.skip_bad_images:
+            check_images(m)
+    if train is None:
+        train = val or test
+    return Splits(train, val, test)
+
+
+def loader_kwargs(data: DataConfig) -> dict:
+    return {"workers": data.workers, "pin_memory": data.pin_memory, "persistent_workers": data.persistent_workers,
+            "prefetch_factor": data.prefetch_factor}  # fmt: skip
+
+
+def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path | None = None) -> nn.Module:
+    """A fresh timm model, or one initialized from a lossguided checkpoint of the same class map."""
+    pretrained = cfg.model.pretrained and init_from is None
+    try:
+        model = create_model(cfg.model.name, num_classes=len(classes), pretrained=pretrained,
+                             pretrained_path=cfg.model.pretrained_path if init_from is None else None)  # fmt: skip
+    except (OSError, RuntimeError) as e:
+        if pretrained and cfg.model.pretrained_path is None:
+            raise RuntimeError(
+                f"could not load ImageNet weights for {cfg.model.name!r} through timm ({type(e).__name__}); "
+                "offline, pass --pretrained-path FILE or --no-pretrained"
+            ) from None
+        raise
+    if init_from is not None:
+        state = checkpoint.load(init_from)
+        checkpoint.check_same_classes(state, classes, path=str(init_from), source="the training data")
+        model.load_state_dict(state["model"])
+    return model
+
+
+def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: str = "pretrain",
+          init_from: str | Path | None = None, resume: bool = True) -> FitResult:  # fmt: skip
+    """Pre-train (section 'pretrain') or fine-tune ('finetune', usually with init_from) into out_dir."""
+    tcfg: TrainConfig = getattr(cfg, section)
+    seed_everything(tcfg.seed)
+    model = build_model(cfg, splits.classes, init_from=init_from)
+    size = cfg.data.image_size
+    trainer = Trainer(
+        model, make_dataset(splits.train, image_size=size), cfg=tcfg, classes=splits.classes, out_dir=out_dir,
+        run_config=to_dict(cfg), val_set=make_dataset(splits.val, image_size=size) if splits.val else None,
+        loader_kwargs=loader_kwargs(cfg.data),
+    )  # fmt: skip
+    return trainer.fit(resume=resume)
+
+
+def record_losses(cfg: RecipeConfig, train_set: Manifest, *, checkpoint_path: str | Path, out_path: str | Path,
+                  work_dir: str | Path | None = None, resume: bool = True) -> LossTable:  # fmt: skip
+    """The paper's recording: fine-tune once more on all the training data (cfg.record.epochs at cfg.record.lr,
+    default the pre-training lr) and average each sample's loss over those epochs. lr 0 records without updates."""
+    rec = cfg.record
+    lr = cfg.pretrain.lr if rec.lr is None else rec.lr
+    tcfg = dataclasses.replace(cfg.pretrain, epochs=rec.epochs, lr=max(lr, 1e-12), patience=None, flip=False,
+                               smoothing=0.0, batch_size=rec.batch_size or cfg.pretrain.batch_size)  # fmt: skip
+    seed_everything(tcfg.seed)
+    model = build_model(cfg, train_set.classes, init_from=checkpoint_path)
+    recorder = LossRecorder(train_set.ids)
+    out_path = Path(out_path)
+    work_dir = Path(work_dir) if work_dir else out_path.parent / (out_path.stem + "_record")
+    trainer = Trainer(model, make_dataset(train_set, image_size=cfg.data.image_size), cfg=tcfg,
+                      classes=train_set.classes, out_dir=work_dir, run_config=to_dict(cfg), recorder=recorder,
+                      update=lr > 0, loader_kwargs=loader_kwargs(cfg.data))  # fmt: skip
+    trainer.fit(resume=resume)
+    table = LossTable.from_recording(train_set, *recorder.table())
+    if trainer.info.is_main:
+        table.save(out_path)
+    return table
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, manifest: Manifest, *, image_size: int | None = None,
+                        batch_size: int = 256, loader_kw: dict | None = None) -> dict:  # fmt: skip
+    """Metrics JSON of a checkpoint on a labelled manifest (which must use the checkpoint's class map)."""
+    state = checkpoint.load(checkpoint_path)
+    classes = checkpoint.classes_of(state)
+    manifest = manifest.with_classes(classes)
+    cfg_dict = state.get("config") or {}
+    from lossguided.config import from_dict
+
+    cfg = from_dict(cfg_dict) if cfg_dict else RecipeConfig()
+    model = create_model(state.get("model_name") or cfg.model.name, num_classes=len(classes))
+    model.load_state_dict(state["model"])
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    ds = make_dataset(manifest, image_size=image_size or cfg.data.image_size)
+    return evaluate(model, ds, class_names=classes.names, batch_size=batch_size, loader_kwargs=loader_kw)
