@@ -157,7 +157,9 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def list_recipes() -> list[str]:
-    return sorted(p.name[:-5] for p in (resources.files("lossguided") / "configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in (resources.files("lossguided") / "configs").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load(recipe: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RecipeConfig:

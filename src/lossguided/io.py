@@ -48,7 +48,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+def write_npz(file: str | os.PathLike, /, **arrays: np.ndarray) -> None:
+    with atomic_path(file) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

@@ -43,7 +43,8 @@ class LossTable:
 
     def save(self, path: str | os.PathLike) -> None:
         cols = {"id": self.ids, "label": self.labels, "loss": self.losses, "n_records": self.n_records,
-                "pred": self.preds, "path": self.paths.astype(str), "classes": np.array(self.classes.names, dtype=str)}  # fmt: skip
+                "pred": self.preds, "path": self.paths.astype(str),
+                "classes": np.array(self.classes.names, dtype=str)}  # fmt: skip
         if self.true_labels is not None:
             cols["true_label"] = self.true_labels
         write_npz(path, **cols)

@@ -25,3 +25,19 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, *, class_names
         "per_class_error": {class_names[c]: float(e) for c, e in zip(np.flatnonzero(present), per_class, strict=True)},
         "n": int(len(labels)),
     }
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` ranking `positives` first (ties count half); NaN without both kinds."""
+    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # average rank within ties
+    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = start + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -54,13 +54,13 @@ class ArrayDataset(Dataset):
         if images.shape[-1] != image_size or images.shape[-2] != image_size:
             out = []
             for s in range(0, len(images), chunk):
-                x = torch.from_numpy(np.ascontiguousarray(images[s : s + chunk])).float()
+                x = torch.from_numpy(np.array(images[s : s + chunk])).float()
                 x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
                                   align_corners=False)  # fmt: skip
                 out.append(x.round_().clamp_(0, 255).to(torch.uint8))
             self.images = torch.cat(out) if out else torch.empty(0, images.shape[1], image_size, image_size)
         else:
-            self.images = torch.from_numpy(np.ascontiguousarray(images))
+            self.images = torch.from_numpy(np.array(images))
         self.labels = torch.as_tensor(manifest.labels)
         self.ids = torch.as_tensor(manifest.ids)
 

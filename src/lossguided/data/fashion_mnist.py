@@ -55,9 +55,7 @@ def _load_raw(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     img, lab = d / f"{prefix}-images-idx3-ubyte.gz", d / f"{prefix}-labels-idx1-ubyte.gz"
     for p in (img, lab):
         if not p.is_file():
-            raise DataError(
-                f"{p}: not found; install Debian's dataset-fashion-mnist (`make data`) or pass --data-dir"
-            )
+            raise DataError(f"{p}: not found; install Debian's dataset-fashion-mnist (`make data`) or pass --data-dir")
     return _read_idx(img), _read_idx(lab).astype(np.int64)
 
 

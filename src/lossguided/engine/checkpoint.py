@@ -43,7 +43,7 @@ def check_same_classes(state: dict[str, Any], classes: ClassMap, *, path: str, s
     """A checkpoint trained on another class map would silently mislabel everything: refuse it."""
     ckpt = classes_of(state)
     if ckpt != classes:
-        diff = next((i for i, (a, b) in enumerate(zip(ckpt.names, classes.names)) if a != b), None)
+        diff = next((i for i, (a, b) in enumerate(zip(ckpt.names, classes.names, strict=False)) if a != b), None)
         where = f"first difference at class {diff}: {ckpt.names[diff]!r} vs {classes.names[diff]!r}" \
             if diff is not None else f"{len(ckpt)} vs {len(classes)} classes"  # fmt: skip
         raise CheckpointError(f"{path}: class map differs from {source} ({where})")

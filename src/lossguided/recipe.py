@@ -1,0 +1,115 @@
+"""The whole method as one resumable recipe: pre-train, then `rounds` times record losses, select the clean,
+balanced list and fine-tune on it. Each stage works in `OUT/<stage>/` and writes `done.json` last, so a rerun
+skips finished stages and the trainer resumes an interrupted one from its `last.pt`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lossguided import stages
+from lossguided.config import ConfigError, RecipeConfig, to_dict
+from lossguided.engine.distributed import barrier, broadcast_object, get_info
+from lossguided.io import write_json, write_text
+from lossguided.losstable import LossTable
+from lossguided.refine.apply import select_from_table, selection_stats, write_selection
+
+log = logging.getLogger("lossguided")
+
+
+def _done(stage_dir: Path) -> dict | None:
+    path = stage_dir / "done.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _finish(stage_dir: Path, result: dict) -> dict:
+    if get_info().is_main:
+        write_json(stage_dir / "done.json", result)
+    barrier()
+    return result
+
+
+def _test_row(name: str, ckpt: Path, splits: stages.Splits, cfg: RecipeConfig, extra: dict) -> dict:
+    row = {"name": name, "checkpoint": str(ckpt), **extra}
+    for split_name, manifest in (("val", splits.val), ("test", splits.test)):
+        if manifest is not None:
+            m = stages.evaluate_checkpoint(ckpt, manifest, image_size=cfg.data.image_size,
+                                           loader_kw=stages.loader_kwargs(cfg.data))  # fmt: skip
+            row[f"{split_name}_mean_top1_error"] = m["mean_top1_error"]
+            row[f"{split_name}_top1_error"] = m["top1_error"]
+    return row
+
+
+def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
+    """A rerun must be the same recipe: resuming a folder made with other settings would mix two experiments."""
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        before = yaml.safe_load(saved.read_text())
+        if before != to_dict(cfg):
+            diff = [k for k in to_dict(cfg) if before.get(k) != to_dict(cfg)[k]]
+            raise ConfigError(f"{out_dir}: holds a run with other settings (sections {diff}); "
+                              "use a new --out or the same settings")  # fmt: skip
+
+
+def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
+    """Run (or resume) every stage; returns and writes OUT/metrics.json {"stages": [...]} in run order."""
+    out_dir = Path(out_dir)
+    _check_resumable(cfg, out_dir)
+    if get_info().is_main:
+        write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    splits = stages.load_splits(cfg.data)
+    rows = []
+
+    pre_dir = out_dir / "pretrain"
+    if not (row := _done(pre_dir)):
+        log.info("stage pretrain: %d training samples", len(splits.train))
+        stages.train(cfg, splits, out_dir=pre_dir, section="pretrain")
+        row = _finish(pre_dir, _test_row("pretrain", pre_dir / "best.pt", splits, cfg,
+                                         {"train_samples": len(splits.train)}))  # fmt: skip
+    rows.append(row)
+    model = Path(row["checkpoint"])
+
+    for r in range(1, cfg.refine.rounds + 1):
+        rec_dir, ft_dir = out_dir / f"record{r}", out_dir / f"refine{r}"
+        if not _done(rec_dir):
+            log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
+            stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=rec_dir / "losses.npz",
+                                 work_dir=rec_dir)  # fmt: skip
+            _finish(rec_dir, {"losses": str(rec_dir / "losses.npz")})
+        if not (row := _done(ft_dir)):
+            table = LossTable.load(rec_dir / "losses.npz")
+            ids = select_from_table(table, bands=cfg.refine.bands, drop_loss_above=cfg.refine.drop_loss_above,
+                                    drop_quantile=cfg.refine.drop_quantile, per_class=cfg.refine.per_class)  # fmt: skip
+            stats = selection_stats(table, ids)
+            if get_info().is_main:
+                write_selection(table, ids, ft_dir / "selected.csv")
+            ids = broadcast_object(ids)
+            log.info("stage refine%d: fine-tune on %d selected samples %s", r, len(ids),
+                     {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)})  # fmt: skip
+            sub = stages.Splits(splits.train.select_ids(np.asarray(ids)), splits.val, splits.test)
+            stages.train(cfg, sub, out_dir=ft_dir, section="finetune", init_from=model)
+            row = _finish(ft_dir, _test_row(f"refine{r}", ft_dir / "best.pt", splits, cfg,
+                                            {"train_samples": len(ids), **stats}))  # fmt: skip
+        rows.append(row)
+        model = Path(row["checkpoint"])
+
+    metrics = {"stages": rows}
+    if get_info().is_main:
+        write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown table like the paper's Table 2: one row per stage."""
+    lines = ["| stage | train samples | purity | val mean top-1 err | test mean top-1 err | test top-1 err |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    fmt = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    for s in metrics["stages"]:
+        lines.append(f"| {s['name']} | {s.get('train_samples', '-')} | {fmt(s.get('purity'))} | "
+                     f"{fmt(s.get('val_mean_top1_error'))} | {fmt(s.get('test_mean_top1_error'))} | "
+                     f"{fmt(s.get('test_top1_error'))} |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Stage 2 on files: read a loss table, run the pure selection, write the selected manifest and a per-class
+summary, and score the selection when the true labels are known (purity, how well the loss ranks the noise)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lossguided.data.manifest import DataError
+from lossguided.io import atomic_path, write_json
+from lossguided.losstable import LossTable
+from lossguided.metrics import auroc
+from lossguided.refine.select import select, union
+
+
+def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
+    """Size, classes covered and, where the truth is known, purity of the selection and the loss's noise AUROC."""
+    pos = np.searchsorted(table.ids, selected_ids)
+    stats = {"selected": int(len(selected_ids)), "of": int(len(table)),
+             "classes_covered": int(len(np.unique(table.labels[pos])))}  # fmt: skip
+    noisy = table.is_noisy
+    if noisy is not None:
+        stats["purity"] = float(1.0 - noisy[pos].mean()) if len(pos) else float("nan")
+        stats["train_noise_rate"] = float(noisy.mean())
+        stats["loss_auroc"] = auroc(table.losses, noisy)
+    return stats
+
+
+def select_from_table(table: LossTable, *, bands: list[str] | tuple[str, ...], drop_loss_above: float | None,
+                      drop_quantile: float | None, per_class: int | None) -> np.ndarray:  # fmt: skip
+    """Sorted ids of the union of `bands`."""
+    chosen = select(table.ids, table.labels, table.losses, bands=tuple(bands), drop_loss_above=drop_loss_above,
+                    drop_quantile=drop_quantile, per_class=per_class)  # fmt: skip
+    return union(chosen)
+
+
+def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | os.PathLike) -> dict:
+    """Write `id,path,label` of the selection and `<out>.summary.csv` (class, available, selected)."""
+    out_csv = Path(out_csv)
+    pos = np.searchsorted(table.ids, selected_ids)
+    names = np.array(table.classes.names, dtype=object)
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "label"])
+        w.writerows(zip(table.ids[pos].tolist(), table.paths[pos], names[table.labels[pos]], strict=True))
+    k = len(table.classes)
+    available = np.bincount(table.labels, minlength=k)
+    chosen = np.bincount(table.labels[pos], minlength=k)
+    summary_path = out_csv.with_suffix(".summary.csv")
+    with atomic_path(summary_path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "available", "selected"])
+        w.writerows(zip(table.classes.names, available.tolist(), chosen.tolist(), strict=True))
+    return {"manifest": str(out_csv), "summary": str(summary_path)}
+
+
+def select_to_manifest(losses_path: str | os.PathLike, out_csv: str | os.PathLike, *, bands: list[str],
+                       drop_loss_above: float | None = 9.0, drop_quantile: float | None = None,
+                       per_class: int | None = None) -> dict:  # fmt: skip
+    """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out."""
+    table = LossTable.load(losses_path)
+    try:
+        ids = select_from_table(table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile,
+                                per_class=per_class)  # fmt: skip
+    except ValueError as e:
+        raise DataError(f"{losses_path}: {e}") from None
+    files = write_selection(table, ids, out_csv)
+    stats = selection_stats(table, ids) | files
+    write_json(Path(out_csv).with_suffix(".stats.json"), stats)
+    return stats

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny data made in the test (real Fashion-MNIST subsets and small JPEG/PNG files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.fixture
+def image_csv(tmp_path: Path) -> Path:
+    """A CSV manifest of 24 small real-looking images in 3 string-labelled classes (SKU codes)."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    (tmp_path / "img").mkdir()
+    for i in range(24):
+        sku = ["SKU-B", "SKU-A", "SKU-C"][i % 3]
+        arr = (rng.random((20 + i, 30, 3)) * 255).astype(np.uint8)
+        arr[..., i % 3] = 200  # a class-dependent colour, so a model can learn something
+        ext = "jpg" if i % 2 else "png"
+        Image.fromarray(arr).save(tmp_path / "img" / f"{i}.{ext}")
+        rows.append(f"img/{i}.{ext},{sku}")
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    if not FMNIST.is_file():
+        skip = pytest.mark.skip(reason=f"{FMNIST} missing: run `make data`")
+        for item in items:
+            if "fashion_mnist" in item.keywords:
+                item.add_marker(skip)

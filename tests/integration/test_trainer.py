@@ -1,0 +1,112 @@
+"""The training engine on a tiny timm model and tiny in-memory images: recording, resume, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from lossguided.config import TrainConfig
+from lossguided.data.datasets import make_dataset
+from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.engine import checkpoint
+from lossguided.engine.recorder import LossRecorder
+from lossguided.engine.trainer import Trainer
+from lossguided.models import create_model
+
+CLASSES = ClassMap(("a", "b", "c"))
+
+
+def tiny_manifest(n=30, seed=0) -> Manifest:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = (rng.random((n, 16, 16)) * 60).astype(np.uint8) + (labels * 60)[:, None, None].astype(np.uint8)
+    ids = rng.permutation(1000)[:n] + 5000  # ids that are neither positions nor contiguous
+    return Manifest(ids=ids, labels=labels, classes=CLASSES, source="tiny", images=images)
+
+
+def make_trainer(tmp_path, manifest, *, epochs=2, recorder=None, seed=0, **kw) -> Trainer:
+    torch.manual_seed(seed)
+    model = create_model("test_resnet", num_classes=3)
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, **kw)
+    return Trainer(model, make_dataset(manifest, image_size=16), cfg=cfg, classes=CLASSES, out_dir=tmp_path,
+                   recorder=recorder, run_config={"model": {"name": "test_resnet"}})  # fmt: skip
+
+
+def test_recorded_losses_equal_a_separate_forward(tmp_path):
+    m = tiny_manifest()
+    rec = LossRecorder(m.ids)
+    tr = make_trainer(tmp_path, m, recorder=rec)
+    ds = make_dataset(m, image_size=16)
+    images, labels, ids = ds.__getitems__(list(range(8)))
+    reference = create_model("test_resnet", num_classes=3)
+    reference.load_state_dict(tr.model.state_dict())  # the weights before the step
+    reference.train()
+    x = tr.transform.eval()(images)  # no flips in this config; same input
+    expected = torch.nn.functional.cross_entropy(reference(x), labels, reduction="none")
+    tr.net.train()
+    tr.run_step(images, labels, ids)
+    assert torch.equal(tr.recorder._ids[0], ids)
+    torch.testing.assert_close(tr.recorder._losses[0], expected.detach(), rtol=1e-5, atol=1e-6)
+    assert tr.step == 1  # and the step did update
+
+
+def test_each_sample_recorded_once_per_epoch_and_averaged(tmp_path):
+    m = tiny_manifest(n=27)  # not a multiple of the batch size
+    rec = LossRecorder(m.ids)
+    make_trainer(tmp_path, m, epochs=3, recorder=rec).fit()
+    ids, losses, counts, preds = rec.table()
+    assert np.array_equal(ids, np.sort(m.ids))
+    assert np.all(counts == 3)
+    assert np.all(np.isfinite(losses)) and np.all((preds >= 0) & (preds < 3))
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    m = tiny_manifest()
+    full = make_trainer(tmp_path / "full", m, epochs=3, recorder=LossRecorder(m.ids), flip=True)
+    full.fit()
+
+    killed = make_trainer(tmp_path / "killed", m, epochs=3, recorder=LossRecorder(m.ids), flip=True)
+    original = killed.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_2():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original()
+
+    killed.train_epoch = dies_in_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = make_trainer(tmp_path / "killed", m, epochs=3, recorder=LossRecorder(m.ids), flip=True, seed=123)
+    result = resumed.fit()
+    assert result.resumed_from == 1
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    np.testing.assert_array_equal(resumed.recorder.sums, full.recorder.sums)
+
+
+def test_checkpoint_loads_without_code_and_refuses_other_class_maps(tmp_path):
+    m = tiny_manifest()
+    make_trainer(tmp_path, m, epochs=1).fit()
+    state = checkpoint.load(tmp_path / "last.pt")
+    assert state["classes"] == ["a", "b", "c"] and state["epoch"] == 1
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"class map differs from the data \(first difference at class 1"
+    ):
+        checkpoint.check_same_classes(state, ClassMap(("a", "x", "c")), path="last.pt", source="the data")
+    (tmp_path / "evil.pt").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="evil.pt: not a readable lossguided checkpoint"):
+        checkpoint.load(tmp_path / "evil.pt")
+
+
+def test_best_checkpoint_follows_validation(tmp_path):
+    m = tiny_manifest()
+    val = tiny_manifest(n=12, seed=1)
+    tr = make_trainer(tmp_path, m, epochs=2)
+    tr.val_set = make_dataset(val, image_size=16)
+    result = tr.fit()
+    best = checkpoint.load(tmp_path / "best.pt")
+    assert best["best_val_error"] == result.best_val_error
+    assert "optimizer" not in best
