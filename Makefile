@@ -38,6 +38,7 @@ lint: venv
 
 bench: venv data
 	$(BIN)/python benchmarks/record_overhead.py
+	$(BIN)/python benchmarks/select_scale.py
 
 clean:
 	rm -rf runs .pytest_cache

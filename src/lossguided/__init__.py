@@ -1,2 +1,3 @@
 """Loss-guided data refinement for noisy, long-tailed image classification."""
+
 __version__ = "0.1.0"

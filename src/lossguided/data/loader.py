@@ -3,6 +3,8 @@ sampler that shards across ranks and reshuffles per epoch from a seed, so a resu
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -31,7 +33,7 @@ def create_loader(
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
                                  drop_last=False)  # fmt: skip
     in_memory = hasattr(dataset, "__getitems__")
-    workers = 0 if in_memory else workers
+    workers = 0 if in_memory else min(workers, os.cpu_count() or 1)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -117,7 +117,7 @@ class Trainer:
                 seen += len(ids)
                 if i % 20 == 0:
                     rate = seen * self.info.world_size / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{total.item() / seen:.3f}", img_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{total.item() / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         if self.recorder is not None:
             self.recorder.end_epoch()
         elapsed = time.perf_counter() - start

@@ -1,0 +1,102 @@
+"""The CLI end to end on CPU with a tiny model: files produced, metrics printed, resume, clean errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lossguided.cli import main
+from lossguided.losstable import LossTable
+
+TINY = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "8", "--lr", "1e-3"]
+
+
+def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(image_csv), "--val", str(image_csv), "--out", str(out), "--epochs", "2",
+                 "--workers", "0", *TINY]) == 0  # fmt: skip
+    assert {"last.pt", "best.pt", "metrics.jsonl", "config.yaml"} <= {p.name for p in out.iterdir()}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+
+    assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from_epoch"] == 2
+
+    table_path = tmp_path / "losses.npz"
+    assert main(["losses", "--checkpoint", str(out / "best.pt"), "--train", str(image_csv), "--out",
+                 str(table_path), "--epochs", "2"]) == 0  # fmt: skip
+    table = LossTable.load(table_path)
+    assert sorted(table.ids.tolist()) == list(range(24)) and np.all(table.n_records == 2)
+    assert table.classes.names == ("SKU-A", "SKU-B", "SKU-C")
+    capsys.readouterr()
+
+    sel = tmp_path / "clean.csv"
+    assert main(["select", str(table_path), "--bands", "1-2", "median", "--drop-loss-above", "100",
+                 "--out", str(sel)]) == 0  # fmt: skip
+    lines = sel.read_text().splitlines()
+    assert lines[0] == "id,path,label" and len(lines) - 1 == 3 * 6  # per class of 8: ranks 1-2 and 2-6
+    summary = sel.with_suffix(".summary.csv").read_text().splitlines()
+    assert summary[0] == "class,available,selected" and len(summary) == 4
+    capsys.readouterr()
+
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--test", str(image_csv)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"mean_top1_error", "top1_error", "per_class_error"} <= set(metrics)
+    assert set(metrics["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}
+
+
+def test_bad_manifest_is_one_line_before_training(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nx.jpg,1\n")
+    assert main(["train", "--train", str(bad), "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.csv: row 1: missing column" in err[0]
+    assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_checkpoint_from_another_class_map_is_refused(tmp_path, image_csv, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    other = tmp_path / "other.csv"
+    other.write_text(image_csv.read_text().replace("SKU-C", "SKU-Q"))
+    capsys.readouterr()
+    assert main(["losses", "--checkpoint", str(out / "last.pt"), "--train", str(other), "--out",
+                 str(tmp_path / "l.npz")]) == 2  # fmt: skip
+    assert "label 'SKU-Q' is not in the class map" in capsys.readouterr().err
+
+
+def test_bad_loss_table_and_band(tmp_path, capsys):
+    from lossguided.io import write_npz
+
+    path = tmp_path / "l.npz"
+    write_npz(path, id=np.arange(3), label=np.zeros(3, int), loss=np.array([0.1, np.nan, 0.2], np.float32),
+              n_records=np.ones(3, int), pred=np.zeros(3, int), path=np.array(["a", "b", "c"]),
+              classes=np.array(["x"]))  # fmt: skip
+    assert main(["select", str(path), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "1 non-finite losses (NaN or inf), first at id 1" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.fashion_mnist
+def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
+    args = ["run", "cpu-small", "--out", str(tmp_path / "r"), "--train-limit", "300", "--model", "test_resnet",
+            "--image-size", "16", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
+            "--set", "refine.bands=[1-5]", "--set", "refine.rounds=2"]  # fmt: skip
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    names = [s["name"] for s in metrics["stages"]]
+    assert names == ["pretrain", "refine1", "refine2"]
+    assert metrics["stages"][1]["train_samples"] == 50 and 0 <= metrics["stages"][1]["purity"] <= 1
+    assert all(0 <= s["test_mean_top1_error"] <= 1 for s in metrics["stages"])
+    assert "| refine2 |" in table
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.pt")}
+    assert main(args) == 0  # every stage done: nothing retrained
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.pt")}
+    capsys.readouterr()
+    assert main(["run", "nope-recipe", "--out", str(tmp_path / "x")]) == 2
+    assert "recipe 'nope-recipe' not found; shipped recipes: ['cpu-small', 'paper']" in capsys.readouterr().err
+    assert main([*args[:-2], "--set", "refine.bandz=[1-5]"]) == 2
+    assert "unknown key refine.'bandz'" in capsys.readouterr().err
+    assert main([*args[:-2], "--set", "refine.rounds=3"]) == 2  # same folder, other settings: refuse to mix
+    assert "holds a run with other settings (sections ['refine'])" in capsys.readouterr().err
