@@ -178,3 +178,11 @@ def load(recipe: str | os.PathLike | None = None, overrides: list[str] | dict | 
 
 def from_dict(data: dict) -> RecipeConfig:
     return _from_dict(RecipeConfig, data)
+
+
+def merge(cfg: RecipeConfig, overrides: dict[str, Any]) -> RecipeConfig:
+    """A copy of `cfg` with dotted overrides applied and validated again."""
+    data = to_dict(cfg)
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    return from_dict(data)

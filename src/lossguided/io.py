@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_path` leaves when its process is killed mid-write (SIGKILL, power loss:
+    no `finally` runs). Call it only where nothing else is writing into `folder` at the time."""
+    folder = Path(folder)
+    ours = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # `.{name}.{mkstemp's 8 random characters}.tmp`
+    stale = sorted(p for p in folder.glob(".*.tmp") if ours.fullmatch(p.name)) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -34,7 +34,7 @@ def _finish(stage_dir: Path, result: dict) -> dict:
 
 
 def _test_row(name: str, ckpt: Path, splits: stages.Splits, cfg: RecipeConfig, extra: dict) -> dict:
-    row = {"name": name, "checkpoint": str(ckpt), **extra}
+    row = {"name": name, "checkpoint": f"{ckpt.parent.name}/{ckpt.name}", **extra}  # relative: the folder can move
     for split_name, manifest in (("val", splits.val), ("test", splits.test)):
         if manifest is not None:
             m = stages.evaluate_checkpoint(ckpt, manifest, image_size=cfg.data.image_size,
@@ -71,7 +71,7 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
         row = _finish(pre_dir, _test_row("pretrain", pre_dir / "best.pt", splits, cfg,
                                          {"train_samples": len(splits.train)}))  # fmt: skip
     rows.append(row)
-    model = Path(row["checkpoint"])
+    model = out_dir / row["checkpoint"]
 
     for r in range(1, cfg.refine.rounds + 1):
         rec_dir, ft_dir = out_dir / f"record{r}", out_dir / f"refine{r}"
@@ -79,7 +79,7 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
             log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
             stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=rec_dir / "losses.npz",
                                  work_dir=rec_dir)  # fmt: skip
-            _finish(rec_dir, {"losses": str(rec_dir / "losses.npz")})
+            _finish(rec_dir, {"losses": f"{rec_dir.name}/losses.npz"})
         if not (row := _done(ft_dir)):
             table = LossTable.load(rec_dir / "losses.npz")
             ids = select_from_table(table, bands=cfg.refine.bands, drop_loss_above=cfg.refine.drop_loss_above,
@@ -95,7 +95,7 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
             row = _finish(ft_dir, _test_row(f"refine{r}", ft_dir / "best.pt", splits, cfg,
                                             {"train_samples": len(ids), **stats}))  # fmt: skip
         rows.append(row)
-        model = Path(row["checkpoint"])
+        model = out_dir / row["checkpoint"]
 
     metrics = {"stages": rows}
     if get_info().is_main:

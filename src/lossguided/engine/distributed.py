@@ -77,3 +77,34 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order; [obj] in a world of one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over ranks (in place; returned for chaining)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank. DDP broadcasts them before each
+    forward, but every rank then updates its own copy from its last batch: after an epoch they differ, and the
+    model each rank evaluates would not be the one rank 0 saves."""
+    if dist.is_available() and dist.is_initialized():
+        for b in module.buffers():
+            dist.broadcast(b, src=src)
+
+
+def shutdown() -> None:
+    """Leave the process group (avoids PyTorch's warning at exit and lets the launcher finish cleanly)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -7,6 +7,7 @@ so a killed run that is started again finishes as if it had never stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -24,12 +25,19 @@ from lossguided.data.loader import create_loader
 from lossguided.data.manifest import ClassMap
 from lossguided.data.transforms import BatchTransform
 from lossguided.engine import checkpoint
-from lossguided.engine.distributed import barrier, default_device, get_info
+from lossguided.engine.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    default_device,
+    get_info,
+)
 from lossguided.engine.evaluate import evaluate
 from lossguided.engine.loss import create_criterion
 from lossguided.engine.optim import create_optimizer, create_scheduler
 from lossguided.engine.recorder import LossRecorder
-from lossguided.io import append_jsonl
+from lossguided.io import append_jsonl, remove_stale_temps, write_text
 
 log = logging.getLogger("lossguided")
 
@@ -82,6 +90,7 @@ class Trainer:
             if self.info.enabled and update else self.model  # fmt: skip
         self.epoch = self.step = 0
         self.best, self.bad_epochs = None, 0
+        self.history: list[dict] = []  # one metrics record per finished epoch; metrics.jsonl is rebuilt from it
 
     # -- the step ---------------------------------------------------------------------------------------------
     def run_step(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -120,11 +129,18 @@ class Trainer:
                     bar.set_postfix(loss=f"{total.item() / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         if self.recorder is not None:
             self.recorder.end_epoch()
+        if self.info.enabled:  # the same collectives, in the same order, on every rank
+            if self.update:
+                broadcast_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same BN statistics
+            sums = all_reduce_sum(torch.stack([total.double(), torch.tensor(float(seen), device=self.device).double()]))
+            total, seen = sums[0], int(sums[1].item())  # over all ranks (padding repeats a few samples)
         elapsed = time.perf_counter() - start
-        return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen * self.info.world_size / elapsed,
+        return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}  # fmt: skip
 
     def fit(self, *, resume: bool = True) -> FitResult:
+        if self.info.is_main:
+            remove_stale_temps(self.out_dir)  # half-written files of a run killed while saving
         resumed = self._resume() if resume else None
         stopped = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience  # stopped before the kill
         while self.epoch < self.cfg.epochs and not stopped:
@@ -164,18 +180,27 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
+            "history": list(self.history),
         }
         if self.recorder is not None:
             state["recorder"] = self.recorder.state_dict()
         return state
 
+    def _rng_state(self) -> dict:
+        return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if self.on_cuda else None}
+
     def _save_epoch(self, record: dict, improved: bool) -> None:
+        """best.pt, then last.pt, then the metrics line, each written whole: a kill between two of them leaves a
+        last.pt of the previous epoch, so the rerun redoes this epoch and writes all three again."""
+        record = {k: v.item() if hasattr(v, "item") else v for k, v in record.items()}  # plain numbers
+        self.history.append(record)
+        rngs = all_gather_objects(self._rng_state())  # every rank's generators, so a resumed run flips the same
         if self.info.is_main:
-            state = self.state_dict()
-            checkpoint.save(self.out_dir / "last.pt", state)
+            state = self.state_dict() | {"rng_ranks": rngs}
             if improved:
-                best = {k: v for k, v in state.items() if k not in ("optimizer", "recorder", "rng")}
-                checkpoint.save(self.out_dir / "best.pt", best)
+                drop = ("optimizer", "recorder", "rng", "rng_ranks", "history")
+                checkpoint.save(self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop})
+            checkpoint.save(self.out_dir / "last.pt", state)
             append_jsonl(self.out_dir / "metrics.jsonl", record)
         barrier()
 
@@ -190,7 +215,21 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.bad_epochs = state["best_val_error"], int(state["bad_epochs"])
         self.scheduler.step_update(self.step)
-        torch.set_rng_state(state["rng"].cpu())
+        rngs = state.get("rng_ranks")
+        if rngs is not None and len(rngs) == self.info.world_size:
+            mine = rngs[self.info.rank]
+            torch.set_rng_state(mine["cpu"].cpu())
+            if self.on_cuda and mine.get("cuda") is not None:
+                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+        else:
+            torch.set_rng_state(state["rng"].cpu())
+            if rngs is not None and self.info.is_main:
+                log.warning("%s was saved by %d ranks, resuming with %d: random flips differ from an uninterrupted "
+                            "run", path, len(rngs), self.info.world_size)  # fmt: skip
+        if "history" in state:  # drop a metrics line the kill cut short, add one it kept from being written
+            self.history = list(state["history"])
+            if self.info.is_main:
+                write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         if self.recorder is not None and "recorder" in state:
             self.recorder.load_state_dict({k: v.cpu() for k, v in state["recorder"].items()})
         if self.info.is_main:
