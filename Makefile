@@ -6,7 +6,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data demo test lint bench clean
+.PHONY: venv data browser demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -27,8 +27,14 @@ $(FMNIST_DIR)/train-images-idx3-ubyte.gz:
 demo: venv data
 	$(BIN)/lossguided run cpu-small --out runs/demo
 
+# Headless Chromium (Debian's chromium) for the report's browser test; where apt cannot install it, the test is
+# skipped with the reason.
+browser:
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
+		|| echo "make browser: could not install chromium; the browser test will be skipped"
+
 # pytest exits 5 when it collects no test: say so instead of failing without a reason.
-test: venv data
+test: venv data browser
 	@$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -39,6 +45,7 @@ lint: venv
 bench: venv data
 	$(BIN)/python benchmarks/record_overhead.py
 	$(BIN)/python benchmarks/select_scale.py
+	$(BIN)/python benchmarks/report_page_size.py
 
 clean:
 	rm -rf runs .pytest_cache

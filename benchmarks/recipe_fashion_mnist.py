@@ -119,7 +119,7 @@ def run_setting(recipe: str, noise_rate: float, out: Path, overrides: list[str],
         ids = np.loadtxt(out / "recipe" / "refine1" / "selected.csv", delimiter=",", skiprows=1, usecols=0,
                          dtype=np.int64, ndmin=1)  # fmt: skip
         sub = stages.Splits(splits.train.select_ids(ids), splits.val, None)
-        stages.train(plain, sub, out_dir=out / "refine_plain", section="finetune", init_from=base["checkpoint"])
+        stages.train(plain, sub, out_dir=out / "refine_plain", section="finetune", init_from=out / "recipe" / base["checkpoint"])
         r1 = stage_rows["refine1"]
         return evaluate_row("recipe: + loss-guided refinement", out / "refine_plain" / "best.pt", splits, cfg,
                             train_samples=r1["train_samples"], purity=r1.get("purity"),

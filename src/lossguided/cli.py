@@ -4,8 +4,10 @@ function. This is the only module that parses arguments."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +32,8 @@ TRAIN_FLAGS = {
 def _add_data(p: argparse.ArgumentParser, *, train_required: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--train", required=train_required, help="training manifest: CSV (path,label[,id]), ImageFolder "
-                   "root, or 'fashion-mnist' (long-tailed, noisy, built in)")  # fmt: skip
+                   "root, a `lossguided preprocess` folder, or 'fashion-mnist' (long-tailed, noisy, built in)"
+                   )  # fmt: skip
     g.add_argument("--val", help="validation manifest (default with fashion-mnist: its clean val split)")
     g.add_argument("--test", help="test manifest (default with fashion-mnist: its test split)")
     g.add_argument("--image-size", type=int, help="square input size (paper: 256)")
@@ -119,10 +122,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
         if getattr(args, dest) is not None:
             overrides[key] = getattr(args, dest)
     overrides.update(config_mod.parse_override(o) for o in args.set)
-    merged = config_mod.to_dict(cfg)
-    for k, v in overrides.items():
-        config_mod._set_dotted(merged, k, v)
-    cfg = config_mod.from_dict(merged)
+    cfg = config_mod.merge(cfg, overrides)
     train = stages.load_splits(cfg.data, classes=checkpoint.classes_of(state)).train
     table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out)
     print(json.dumps({"out": args.out, "samples": len(table), "mean_loss": float(table.losses.mean())}))
@@ -153,6 +153,18 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from lossguided.data.preprocessed import preprocess
+    from lossguided.data.sources import load_manifest
+
+    manifest = load_manifest(args.manifest, split="train")
+    summary = preprocess(manifest, args.out, image_size=args.image_size, storage=args.format, quality=args.quality,
+                         shard_size=args.shard_size, workers=args.workers if args.workers is not None else
+                         (os.cpu_count() or 1), skip_bad_images=args.skip_bad_images)  # fmt: skip
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lossguided.recipe import run_recipe
 
@@ -162,6 +174,125 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(format_table(metrics))
     return 0
+
+
+# -- see the data (lossguided.report) ---------------------------------------------------------------------------
+def _fashion_mnist_flags(args: argparse.Namespace):
+    from lossguided.report.images import options_from_config
+
+    keys = ("data_dir", "imbalance_ratio", "noise_rate", "noise_kind", "data_seed", "train_limit")
+    return options_from_config({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
+
+
+def cmd_eda(args: argparse.Namespace) -> int:
+    from lossguided.report.eda import format_summary, load_manifest_for_eda, run_eda
+
+    manifest = load_manifest_for_eda(args.manifest, _fashion_mnist_flags(args))
+    result = run_eda(manifest, args.out, workers=args.workers, listed=args.listed)
+    print(format_summary(result))
+    print(f"written: {Path(args.out) / 'eda.json'} and the figures and tables beside it")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lossguided.report.html import ReportOptions, write_report
+
+    opts = ReportOptions(thumbs_per_class=args.thumbs_per_class, max_classes=args.max_classes,
+                         thumb_size=args.thumb_size, page_size=args.page_size, workers=args.workers)  # fmt: skip
+    summary = write_report(args.run_dir, args.out, opts, round=args.round)
+    print(json.dumps({**summary, "mib": round(summary["bytes"] / 2**20, 2)}))
+    return 0
+
+
+def cmd_suspects(args: argparse.Namespace) -> int:
+    from lossguided.losstable import LossTable
+    from lossguided.report.suspects import write_suspects
+
+    print(json.dumps(write_suspects(LossTable.load(args.losses), args.out, per_class=args.per_class, top=args.top)))
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from lossguided.data.sources import load_manifest
+    from lossguided.report.suspects import relabel_manifest
+
+    manifest = load_manifest(args.manifest, split="train", fashion_mnist_options=_fashion_mnist_flags(args))
+    print(json.dumps(relabel_manifest(manifest, args.corrections, args.out, allow_new_labels=args.allow_new_labels)))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _count_or_all(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def _add_see_data(sub) -> None:
+    """eda, report, suspects, relabel: look at the data and the run, and correct labels."""
+
+    def fashion_mnist_group(p: argparse.ArgumentParser) -> None:
+        f = p.add_argument_group("fashion-mnist (when MANIFEST is 'fashion-mnist[:split]')")
+        f.add_argument("--data-dir", help="folder of the IDX files (default /usr/share/datasets/fashion-mnist)")
+        f.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size (default 100)")
+        f.add_argument("--noise-rate", type=float, help="share of wrong labels (default 0.2)")
+        f.add_argument("--noise-kind", choices=["symmetric", "pairflip"])
+        f.add_argument("--data-seed", type=int, help="seed of the long tail and the noise")
+        f.add_argument("--train-limit", type=int, help="keep only this many training samples")
+
+    p = sub.add_parser("eda", help="look at a manifest: class frequencies, image sizes, duplicates, missing images",
+                       description="Writes OUT/eda.json (the numbers), OUT/class_frequency.png (sorted counts, log "
+                       "scale, head/tail shares), OUT/image_sizes.png (width/height/aspect from image headers), "
+                       "OUT/class_counts.csv, OUT/duplicates.csv (identical file contents) and OUT/missing.csv "
+                       "(images missing or unreadable), and prints a short summary.")  # fmt: skip
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
+                   "'fashion-mnist[:split]'")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=_positive, default=8, help="threads reading image files (default 8)")
+    p.add_argument("--listed", type=_positive, default=10, help="smallest/largest classes and examples listed")
+    fashion_mnist_group(p)
+    p.set_defaults(func=cmd_eda)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run: stages, curves, losses, suspects",
+                       description="Writes one static HTML file (thumbnails inline, no network): the stages table, "
+                       "learning curves, the loss histogram with the drop threshold, and per class (worst first, "
+                       "searchable, paged) the highest-loss samples beside the selected lowest-loss ones. An "
+                       "unfinished run gives a page that says what is missing. Prints the page size.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder of `lossguided run`")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--round", type=_positive, default=1, help="refinement round to show (record<R>, refine<R>)")
+    p.add_argument("--thumbs-per-class", type=int, default=6, help="suspects shown per class, and as many selected")
+    p.add_argument("--max-classes", type=_count_or_all, default=500,
+                   help="worst classes that get thumbnails, or 'all' (default 500; ~10 KB a class)")  # fmt: skip
+    p.add_argument("--thumb-size", type=_positive, default=48, help="thumbnail size in px (default 48)")
+    p.add_argument("--page-size", type=_positive, default=50, help="classes per page in the browser")
+    p.add_argument("--workers", type=_positive, default=4, help="threads reading images")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("suspects", help="rank the samples most likely to be mislabelled (highest loss first)",
+                       description="Writes a CSV (rank, id, path, label, predicted, loss, rank_in_class, class_size"
+                       "[, true_label], corrected_label). Fill in corrected_label (a class name; DROP removes the "
+                       "sample; empty keeps it) and pass the file to `lossguided relabel`.")  # fmt: skip
+    p.add_argument("losses", metavar="LOSSES", help="loss table (.npz), e.g. RUN/record1/losses.npz")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--top", type=_positive, help="keep only the N highest losses overall")
+    p.add_argument("--per-class", type=_positive, help="keep at most N per class (its highest losses)")
+    p.set_defaults(func=cmd_suspects)
+
+    p = sub.add_parser("relabel", help="apply a corrected suspects CSV to a manifest: a new training manifest",
+                       description="Reads MANIFEST and the corrections (id and corrected_label columns: a class "
+                       "name relabels, DROP removes, empty keeps) and writes id,path,label for --train. Errors "
+                       "name the file and row.")  # fmt: skip
+    p.add_argument("manifest", metavar="MANIFEST", help="the training manifest the suspects came from")
+    p.add_argument("--corrections", required=True, help="the edited CSV of `lossguided suspects`")
+    p.add_argument("--out", required=True, help="new manifest CSV (built-in images are written beside it as PNG)")
+    p.add_argument("--allow-new-labels", action="store_true", help="accept corrected labels that are not classes yet")
+    fashion_mnist_group(p)
+    p.set_defaults(func=cmd_relabel)
 
 
 def _save_config(cfg: config_mod.RecipeConfig, out: Path) -> None:
@@ -227,6 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="selected manifest (.csv)")
     p.set_defaults(func=cmd_select)
 
+    p = sub.add_parser("preprocess", help="decode and resize a data set once, for fast training input",
+                       description="Write MANIFEST's images, decoded and resized to --image-size, into OUT with their "
+                       "ids, labels and class map; `--train/--val/--test OUT` then read it instead of decoding. "
+                       "jpeg-shards (default): S x S JPEGs in large shard files, ~20 KB an image at 256, for large "
+                       "sets; memmap: raw uint8 pixels, exact and fastest, S*S*3 bytes an image, for small sets. "
+                       "Resumable: rerun the same command after an interruption.")  # fmt: skip
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
+                   "'fashion-mnist[:split]'")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder (new or empty, or an unfinished one to resume)")
+    p.add_argument("--image-size", type=int, default=256, help="square size (paper: 256)")
+    p.add_argument("--format", choices=["jpeg-shards", "memmap"], default="jpeg-shards")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of jpeg-shards (default 90)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard / resumable unit")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images that cannot be decoded and list them in OUT/bad_images.csv")  # fmt: skip
+    p.set_defaults(func=cmd_preprocess)
+
     p = sub.add_parser("run", help="the whole recipe: pre-train, record, select, fine-tune, repeat",
                        description="Runs every stage into OUT/<stage>/ and writes OUT/metrics.json; rerunning "
                        "skips finished stages and resumes an interrupted one.")  # fmt: skip
@@ -235,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_run)
+    _add_see_data(sub)
     return parser
 
 
@@ -244,17 +394,22 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")  # fmt: skip
     from lossguided.data.manifest import DataError
     from lossguided.engine.checkpoint import CheckpointError
-    from lossguided.engine.distributed import init_distributed
+    from lossguided.engine.distributed import init_distributed, shutdown
 
     try:
-        init_distributed()
-        return args.func(args)
+        if init_distributed().is_main:
+            return args.func(args)
+        logging.getLogger().setLevel(logging.WARNING)  # under torchrun rank 0 logs and prints; the rest only warn
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            return args.func(args)
     except (DataError, config_mod.ConfigError, CheckpointError) as e:
         print(f"lossguided {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":
