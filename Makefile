@@ -46,6 +46,7 @@ bench: venv data
 	$(BIN)/python benchmarks/record_overhead.py
 	$(BIN)/python benchmarks/select_scale.py
 	$(BIN)/python benchmarks/report_page_size.py
+	$(BIN)/python benchmarks/input_pipeline.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,17 +9,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from lossguided.data.decode import decode_image as _decode_image
 from lossguided.data.manifest import DataError, Manifest
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
-    """Open, decode and resize to size x size RGB; JPEGs are downscaled in the DCT domain first (Pillow's draft)."""
-    with Image.open(path) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))  # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below size
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    """Open, decode and resize to size x size RGB (uint8 [3,S,S]); see `data.decode` for how and why."""
+    return _decode_image(path, size)
 
 
 class ImageFileDataset(Dataset):
@@ -77,13 +73,17 @@ class ArrayDataset(Dataset):
 
 
 def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
+    if getattr(manifest, "store", None) is not None:  # a `lossguided preprocess` folder
+        from lossguided.data.preprocessed import make_preprocessed_dataset
+
+        return make_preprocessed_dataset(manifest, image_size=image_size)
     return ArrayDataset(manifest, image_size=image_size) if manifest.images is not None else \
         ImageFileDataset(manifest, image_size=image_size)  # fmt: skip
 
 
 def check_images(manifest: Manifest) -> None:
     """Open every image's header before training, so an unreadable file fails now with its row, not in a worker."""
-    if manifest.paths is None:
+    if manifest.paths is None or getattr(manifest, "store", None) is not None:  # preprocessed: checked when written
         return
     for i, p in enumerate(manifest.paths):
         try:

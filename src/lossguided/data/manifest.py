@@ -63,6 +63,8 @@ class Manifest:
     """Samples of one split. `images` (uint8 [N,H,W] or [N,H,W,3]) replaces `paths` for in-memory datasets.
 
     `true_labels` is known only for benchmarks made noisy on purpose; it is used to score noise detection.
+    `store` is a preprocessed folder (`lossguided preprocess`) that holds every sample's pixels by id; `paths` then
+    name the original files (for people and loss tables), which need not exist any more.
     """
 
     ids: np.ndarray
@@ -73,6 +75,7 @@ class Manifest:
     images: np.ndarray | None = None
     true_labels: np.ndarray | None = None
     rows: np.ndarray | None = field(default=None, repr=False)
+    store: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,6 +104,7 @@ class Manifest:
             images=take(self.images),
             true_labels=take(self.true_labels),
             rows=take(self.rows),
+            store=self.store,
         )
 
     def select_ids(self, ids: np.ndarray) -> Manifest:
@@ -139,6 +143,7 @@ class Manifest:
             images=self.images,
             true_labels=true,
             rows=self.rows,
+            store=self.store,
         )
 
 

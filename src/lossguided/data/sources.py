@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lossguided.data import fashion_mnist
 from lossguided.data.manifest import ClassMap, DataError, Manifest, read_csv, read_image_folder
+from lossguided.data.preprocessed import is_preprocessed, read_preprocessed
 
 
 def load_manifest(
@@ -15,7 +16,8 @@ def load_manifest(
     classes: ClassMap | None = None,
     fashion_mnist_options: fashion_mnist.FashionMnistOptions | None = None,
 ) -> Manifest:
-    """`spec` is a CSV path, an ImageFolder root, or `fashion-mnist` (its `split` is taken: train, val or test).
+    """`spec` is a CSV path, an ImageFolder root, a preprocessed folder (`lossguided preprocess`), or `fashion-mnist`
+    (its `split` is taken: train, val or test).
 
     With `classes` (a checkpoint's or the training set's class map), labels are encoded through it.
     """
@@ -24,6 +26,8 @@ def load_manifest(
         manifest = fashion_mnist.load(part, fashion_mnist_options or fashion_mnist.FashionMnistOptions())
         return manifest if classes is None else manifest.with_classes(classes)
     path = Path(spec)
+    if path.is_dir() and is_preprocessed(path):  # written by `lossguided preprocess`
+        return read_preprocessed(path, classes=classes)
     if path.is_dir():
         return read_image_folder(path, classes=classes)
     if path.suffix.lower() == ".csv" or path.is_file():

@@ -23,13 +23,21 @@ class BatchTransform(nn.Module):
         self.flip = flip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        # Flip in uint8 (4x fewer bytes than float) and normalize in place: on one CPU core this is ~2x cheaper than
+        # flipping the float batch with torch.where; the output is the same, contiguous NCHW float.
+        x = x.contiguous()
         if self.flip and self.training:
             mask = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
-        return (x - self.mean) / self.std
+            if x.device.type == "cpu":  # flip only the chosen samples (nonzero would sync a GPU; where does not)
+                idx = mask.nonzero().squeeze(1)
+                x = x.clone()
+                x[idx] = x[idx].flip(3)
+            else:
+                x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+        x = x.to(torch.float32, copy=True)  # ours to normalize in place, whatever the input dtype
+        if x.shape[1] == 1:
+            return (x.expand(-1, 3, -1, -1) - self.mean).div_(self.std)
+        return x.sub_(self.mean).div_(self.std)
 
 
 def hflip_views(x: torch.Tensor) -> list[torch.Tensor]:
