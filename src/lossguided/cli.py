@@ -165,6 +165,38 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from lossguided import stages
+    from lossguided.data.sources import load_manifest
+    from lossguided.engine import checkpoint
+    from lossguided.ensemble.extract import extract_features
+
+    state = checkpoint.load(args.checkpoint)
+    cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
+    manifest = load_manifest(args.data, split="test", classes=checkpoint.classes_of(state),
+                             fashion_mnist_options=stages.fashion_mnist_options(cfg.data))  # fmt: skip
+    fs = extract_features(args.checkpoint, manifest, args.out, tta=args.tta, dtype=args.dtype,
+                          image_size=args.image_size, batch_size=args.batch_size)  # fmt: skip
+    print(json.dumps({"out": str(args.out), "rows": fs.n_rows, "dim": fs.dim, "n_views": fs.n_views}))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from lossguided.ensemble.predict import predict_ensemble
+
+    labelled = None
+    if args.test:
+        from lossguided.data.sources import load_manifest
+
+        labelled = load_manifest(args.test, split="test")
+    result = predict_ensemble(args.dirs, out_csv=args.out, top_k=args.top_k, fast=not args.exact, labelled=labelled)
+    if "metrics" in result:
+        print(json.dumps(result["metrics"], indent=2))
+    else:
+        print(json.dumps({"out": str(args.out), "rows": len(result["ids"]), "models": len(args.dirs)}))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lossguided.recipe import run_recipe
 
@@ -375,6 +407,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out images that cannot be decoded and list them in OUT/bad_images.csv")  # fmt: skip
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("features", help="save pre-classifier features (summed over TTA views) for ensembling",
+                       description="Extract every image's pre-classifier features, summed over the test-time "
+                       "augmented views, into OUT (features.npy memmap, ids.npy, head.npz, meta.json). "
+                       "Rerunning continues an interrupted extraction from its last finished chunk.")  # fmt: skip
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="manifest to extract (or 'fashion-mnist': its test split)")
+    p.add_argument("--out", required=True, help="feature directory")
+    p.add_argument("--tta", choices=["none", "hflip", "dihedral8"], default="hflip",
+                   help="test-time views whose features are summed (paper: hflip)")  # fmt: skip
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--image-size", type=int, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("ensemble", help="combine feature directories of several models into predictions",
+                       description="Sum the models' logits (features @ W.T / views + b), streamed over rows and "
+                       "classes, never holding N x K logits; writes id,prediction[,top2..]. With --test, prints "
+                       "the same metrics JSON as `evaluate`.")  # fmt: skip
+    p.add_argument("dirs", nargs="+", help="feature directories from `lossguided features`")
+    p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--test", help="labelled manifest of the same images: print metrics")
+    p.add_argument("--exact", action="store_true", help="fp32 scan instead of the bf16 scan + exact rescoring")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("run", help="the whole recipe: pre-train, record, select, fine-tune, repeat",
                        description="Runs every stage into OUT/<stage>/ and writes OUT/metrics.json; rerunning "

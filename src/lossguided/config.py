@@ -93,6 +93,18 @@ class RefineConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Paper section 3.5-3.6: models of other seeds combined through saved features with test-time augmentation."""
+
+    seeds: list[int] = field(default_factory=list)  # extra seeds for the last fine-tune; empty: no ensemble row
+    tta: str = "hflip"  # none | hflip | dihedral8 (paper: hflip)
+
+    def __post_init__(self) -> None:
+        if self.tta not in ("none", "hflip", "dihedral8"):
+            raise ConfigError(f"ensemble.tta {self.tta!r} is not one of ('none', 'hflip', 'dihedral8')")
+
+
+@dataclass
 class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,6 +112,7 @@ class RecipeConfig:
     record: RecordConfig = field(default_factory=RecordConfig)
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(smoothing=0.2, flip=True, patience=3))
     refine: RefineConfig = field(default_factory=RefineConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 def _from_dict(cls, data: dict, prefix: str = ""):

@@ -4,6 +4,7 @@ skips finished stages and the trainer resumes an interrupted one from its `last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import yaml
 
 from lossguided import stages
-from lossguided.config import ConfigError, RecipeConfig, to_dict
+from lossguided.config import ConfigError, RecipeConfig, from_dict, to_dict
 from lossguided.engine.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
 from lossguided.losstable import LossTable
@@ -48,7 +49,7 @@ def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
     """A rerun must be the same recipe: resuming a folder made with other settings would mix two experiments."""
     saved = out_dir / "config.yaml"
     if saved.is_file():
-        before = yaml.safe_load(saved.read_text())
+        before = to_dict(from_dict(yaml.safe_load(saved.read_text())))  # fields added since then take defaults
         if before != to_dict(cfg):
             diff = [k for k in to_dict(cfg) if before.get(k) != to_dict(cfg)[k]]
             raise ConfigError(f"{out_dir}: holds a run with other settings (sections {diff}); "
@@ -73,7 +74,9 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
     rows.append(row)
     model = out_dir / row["checkpoint"]
 
+    start_model = model
     for r in range(1, cfg.refine.rounds + 1):
+        start_model = model  # what round r fine-tunes from (the ensemble's extra seeds start there too)
         rec_dir, ft_dir = out_dir / f"record{r}", out_dir / f"refine{r}"
         if not _done(rec_dir):
             log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
@@ -97,10 +100,47 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
         rows.append(row)
         model = out_dir / row["checkpoint"]
 
+    if cfg.ensemble.seeds and cfg.refine.rounds >= 1:
+        rows.append(_ensemble_stage(cfg, splits, out_dir, start_model=start_model, final=model))
     metrics = {"stages": rows}
     if get_info().is_main:
         write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, start_model: Path,
+                    final: Path) -> dict:  # fmt: skip
+    """The last fine-tune again with each extra seed, then all of them combined through their saved features
+    (summed over the TTA views) on val and test: Table 2's "+ 3 models ensemble"."""
+    from lossguided.ensemble.extract import extract_features
+    from lossguided.ensemble.predict import predict_ensemble
+
+    ens_dir = out_dir / "ensemble"
+    if row := _done(ens_dir):
+        return row
+    last = final.parent
+    ids = np.loadtxt(last / "selected.csv", delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
+    sub = stages.Splits(splits.train.select_ids(ids), splits.val, splits.test)
+    models = [final]
+    for seed in cfg.ensemble.seeds:
+        seed_cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, seed=seed))
+        log.info("stage ensemble: fine-tune seed %d on %d samples", seed, len(ids))
+        stages.train(seed_cfg, sub, out_dir=ens_dir / f"seed{seed}", section="finetune", init_from=start_model)
+        models.append(ens_dir / f"seed{seed}" / "best.pt")
+    row = {"name": f"ensemble ({len(models)} models, {cfg.ensemble.tta} TTA)", "train_samples": len(ids),
+           "models": [str(m.relative_to(out_dir)) for m in models]}  # fmt: skip
+    for split_name, manifest in (("val", splits.val), ("test", splits.test)):
+        if manifest is None:
+            continue
+        dirs = []
+        for i, ckpt in enumerate(models):
+            d = ens_dir / "features" / f"{split_name}{i}"
+            extract_features(ckpt, manifest, d, tta=cfg.ensemble.tta, image_size=cfg.data.image_size)
+            dirs.append(d)
+        m = predict_ensemble(dirs, labelled=manifest)["metrics"]
+        row[f"{split_name}_mean_top1_error"] = m["mean_top1_error"]
+        row[f"{split_name}_top1_error"] = m["top1_error"]
+    return _finish(ens_dir, row)
 
 
 def format_table(metrics: dict) -> str:

@@ -44,6 +44,23 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     assert {"mean_top1_error", "top1_error", "per_class_error"} <= set(metrics)
     assert set(metrics["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}
 
+    # features + ensemble: one model without TTA reproduces `evaluate` exactly; hflip views are summed
+    ckpt = str(out / "best.pt")
+    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f0"),
+                 "--tta", "none", "--dtype", "float32"]) == 0  # fmt: skip
+    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["n_views"] == 2
+    assert main(["ensemble", str(tmp_path / "f0"), "--out", str(tmp_path / "p.csv"), "--test", str(image_csv),
+                 "--exact"]) == 0  # fmt: skip
+    single = json.loads(capsys.readouterr().out)
+    assert single["mean_top1_error"] == metrics["mean_top1_error"]
+    assert single["per_class_error"] == metrics["per_class_error"]
+    assert main(["ensemble", str(tmp_path / "f0"), str(tmp_path / "f1"), "--out", str(tmp_path / "p2.csv"),
+                 "--top-k", "2"]) == 0  # fmt: skip
+    rows = (tmp_path / "p2.csv").read_text().splitlines()
+    assert rows[0] == "id,prediction,top2" and len(rows) == 25
+    assert rows[1].split(",")[1] in {"SKU-A", "SKU-B", "SKU-C"}
+
 
 def test_bad_manifest_is_one_line_before_training(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
@@ -81,15 +98,17 @@ def test_bad_loss_table_and_band(tmp_path, capsys):
 def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
     args = ["run", "cpu-small", "--out", str(tmp_path / "r"), "--train-limit", "300", "--model", "test_resnet",
             "--image-size", "16", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
-            "--set", "refine.bands=[1-5]", "--set", "refine.rounds=2"]  # fmt: skip
+            "--set", "refine.bands=[1-5]", "--set", "refine.drop_loss_above=null", "--set", "ensemble.seeds=[1]",
+            "--set", "refine.rounds=2"]  # fmt: skip
     assert main(args) == 0
     table = capsys.readouterr().out
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     names = [s["name"] for s in metrics["stages"]]
-    assert names == ["pretrain", "refine1", "refine2"]
+    assert names == ["pretrain", "refine1", "refine2", "ensemble (2 models, hflip TTA)"]
+    assert metrics["stages"][-1]["models"] == ["refine2/best.pt", "ensemble/seed1/best.pt"]
     assert metrics["stages"][1]["train_samples"] == 50 and 0 <= metrics["stages"][1]["purity"] <= 1
     assert all(0 <= s["test_mean_top1_error"] <= 1 for s in metrics["stages"])
-    assert "| refine2 |" in table
+    assert "| refine2 |" in table and "| ensemble (2 models, hflip TTA) |" in table
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.pt")}
     assert main(args) == 0  # every stage done: nothing retrained
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.pt")}
