@@ -198,12 +198,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lossguided.recipe import run_recipe
+    from lossguided.recipe import format_table, run_recipe
 
     cfg = _resolve(args, section=None)
     metrics = run_recipe(cfg, out_dir=Path(args.out))
-    from lossguided.recipe import format_table
-
     print(format_table(metrics))
     return 0
 

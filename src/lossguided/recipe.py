@@ -50,8 +50,10 @@ def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
     saved = out_dir / "config.yaml"
     if saved.is_file():
         before = to_dict(from_dict(yaml.safe_load(saved.read_text())))  # fields added since then take defaults
-        if before != to_dict(cfg):
-            diff = [k for k in to_dict(cfg) if before.get(k) != to_dict(cfg)[k]]
+        now = to_dict(cfg)
+        before["ensemble"] = now["ensemble"]  # the ensemble only adds a last stage: it may change between runs
+        if before != now:
+            diff = [k for k in now if before.get(k) != now[k]]
             raise ConfigError(f"{out_dir}: holds a run with other settings (sections {diff}); "
                               "use a new --out or the same settings")  # fmt: skip
 
@@ -116,25 +118,28 @@ def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, 
     from lossguided.ensemble.predict import predict_ensemble
 
     ens_dir = out_dir / "ensemble"
-    if row := _done(ens_dir):
+    row = _done(ens_dir)
+    if row and row.get("seeds") == cfg.ensemble.seeds and row.get("tta") == cfg.ensemble.tta:
         return row
     last = final.parent
     ids = np.loadtxt(last / "selected.csv", delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
     sub = stages.Splits(splits.train.select_ids(ids), splits.val, splits.test)
-    models = [final]
+    models, names = [final], ["final"]
     for seed in cfg.ensemble.seeds:
         seed_cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, seed=seed))
         log.info("stage ensemble: fine-tune seed %d on %d samples", seed, len(ids))
         stages.train(seed_cfg, sub, out_dir=ens_dir / f"seed{seed}", section="finetune", init_from=start_model)
         models.append(ens_dir / f"seed{seed}" / "best.pt")
+        names.append(f"seed{seed}")
     row = {"name": f"ensemble ({len(models)} models, {cfg.ensemble.tta} TTA)", "train_samples": len(ids),
-           "models": [str(m.relative_to(out_dir)) for m in models]}  # fmt: skip
+           "models": [str(m.relative_to(out_dir)) for m in models], "seeds": list(cfg.ensemble.seeds),
+           "tta": cfg.ensemble.tta}  # fmt: skip
     for split_name, manifest in (("val", splits.val), ("test", splits.test)):
         if manifest is None:
             continue
         dirs = []
-        for i, ckpt in enumerate(models):
-            d = ens_dir / "features" / f"{split_name}{i}"
+        for name, ckpt in zip(names, models, strict=True):
+            d = ens_dir / "features" / f"{split_name}-{name}-{cfg.ensemble.tta}"
             extract_features(ckpt, manifest, d, tta=cfg.ensemble.tta, image_size=cfg.data.image_size)
             dirs.append(d)
         m = predict_ensemble(dirs, labelled=manifest)["metrics"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lossguided.config import DataConfig, RecipeConfig, TrainConfig, to_dict
+from lossguided.config import DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
 from lossguided.data import fashion_mnist
 from lossguided.data.datasets import check_images, make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
@@ -135,8 +135,6 @@ def evaluate_checkpoint(checkpoint_path: str | Path, manifest: Manifest, *, imag
     classes = checkpoint.classes_of(state)
     manifest = manifest.with_classes(classes)
     cfg_dict = state.get("config") or {}
-    from lossguided.config import from_dict
-
     cfg = from_dict(cfg_dict) if cfg_dict else RecipeConfig()
     model = create_model(state.get("model_name") or cfg.model.name, num_classes=len(classes))
     model.load_state_dict(state["model"])
