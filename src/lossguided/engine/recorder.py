@@ -25,10 +25,11 @@ class LossRecorder:
         self._losses: list[torch.Tensor] = []
         self._preds: list[torch.Tensor] = []
 
-    def update(self, ids: torch.Tensor, losses: torch.Tensor, preds: torch.Tensor) -> None:
+    def update(self, ids: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        """ids [B], per-sample losses [B] and logits [B, K] of one step (the argmax is kept, not the logits)."""
         self._ids.append(ids.detach())
         self._losses.append(losses.detach().float())
-        self._preds.append(preds.detach())
+        self._preds.append(logits.detach().argmax(1))
 
     def end_epoch(self) -> None:
         """Gather this epoch's records from all ranks and add them; every id must appear."""

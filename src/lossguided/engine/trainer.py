@@ -109,7 +109,7 @@ class Trainer:
             self.step += 1
             self.scheduler.step_update(self.step)
         if self.recorder is not None:
-            self.recorder.update(ids.to(self.device), losses, logits.argmax(1))
+            self.recorder.update(ids.to(self.device), losses, logits)
         return loss.detach()
 
     # -- epochs -----------------------------------------------------------------------------------------------
