@@ -110,3 +110,21 @@ def test_best_checkpoint_follows_validation(tmp_path):
     best = checkpoint.load(tmp_path / "best.pt")
     assert best["best_val_error"] == result.best_val_error
     assert "optimizer" not in best
+
+
+def test_a_last_batch_of_one_sample_joins_the_batch_before(tmp_path):
+    m = tiny_manifest(n=17)  # 8 + 8 + 1 with batch 8; the model's feature map is 1x1 at 16px, where BN needs >1
+    rec = LossRecorder(m.ids)
+    tr = make_trainer(tmp_path, m, epochs=1, recorder=rec)
+    assert tr.steps_per_epoch == 2
+    assert sorted(len(b) for b in tr.loader.batch_sampler) == [8, 9]
+    tr.fit()
+    assert np.all(rec.table()[2] == 1)  # every sample recorded once
+
+
+def test_starting_over_rewrites_the_metrics_file(tmp_path):
+    m = tiny_manifest()
+    make_trainer(tmp_path, m, epochs=2).fit()
+    make_trainer(tmp_path, m, epochs=1).fit(resume=False)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"epoch": 1' in lines[0]

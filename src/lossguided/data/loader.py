@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from lossguided.engine.distributed import DistInfo, get_info
 
@@ -14,6 +14,32 @@ from lossguided.engine.distributed import DistInfo, get_info
 def _batched(batch):
     """Datasets with `__getitems__` already return a collated (images, labels, ids) batch."""
     return batch
+
+
+class NoSingletonBatchSampler(BatchSampler):
+    """Batches of `batch_size` in the sampler's order, except that a last batch of one sample joins the batch
+    before it: a lone sample breaks BatchNorm in training mode (one value per channel once the feature map is 1x1),
+    and dropping it would leave a sample without a recorded loss."""
+
+    def __init__(self, sampler: Sampler, batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __iter__(self):
+        pending: list[int] | None = None
+        for batch in super().__iter__():
+            if pending is not None:
+                if len(batch) == 1:
+                    batch = pending + batch
+                else:
+                    yield pending
+            pending = batch
+        if pending is not None:
+            yield pending
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        full, rest = divmod(n, self.batch_size)
+        return full + (rest > 1 or (rest == 1 and full == 0))
 
 
 def create_loader(
@@ -36,12 +62,10 @@ def create_loader(
     workers = 0 if in_memory else min(workers, os.cpu_count() or 1)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=NoSingletonBatchSampler(sampler, batch_size),
         num_workers=workers,
         collate_fn=_batched if in_memory else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        drop_last=False,
     )

@@ -114,7 +114,7 @@ class Trainer:
 
     # -- epochs -----------------------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
-        self.loader.sampler.set_epoch(self.epoch)
+        self.loader.batch_sampler.sampler.set_epoch(self.epoch)
         self.net.train(self.update)
         self.transform.train(self.update)
         total, seen, start = torch.zeros((), device=self.device), 0, time.perf_counter()
@@ -141,6 +141,8 @@ class Trainer:
     def fit(self, *, resume: bool = True) -> FitResult:
         if self.info.is_main:
             remove_stale_temps(self.out_dir)  # half-written files of a run killed while saving
+            if not resume:  # starting over: the old run's epochs must not stay in front of the new ones
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         resumed = self._resume() if resume else None
         stopped = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience  # stopped before the kill
         while self.epoch < self.cfg.epochs and not stopped:
