@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lossguided.config import DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
+from lossguided.config import ConfigError, DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
 from lossguided.data import fashion_mnist
 from lossguided.data.datasets import check_images, make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
@@ -78,7 +78,7 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
                              pretrained_path=cfg.model.pretrained_path if init_from is None else None)  # fmt: skip
     except (OSError, RuntimeError) as e:
         if pretrained and cfg.model.pretrained_path is None:
-            raise RuntimeError(
+            raise ConfigError(
                 f"could not load ImageNet weights for {cfg.model.name!r} through timm ({type(e).__name__}); "
                 "offline, pass --pretrained-path FILE or --no-pretrained"
             ) from None

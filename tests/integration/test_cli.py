@@ -71,6 +71,19 @@ def test_bad_manifest_is_one_line_before_training(tmp_path, capsys):
     assert not (tmp_path / "o" / "last.pt").exists()
 
 
+def test_unreachable_imagenet_weights_are_one_line(tmp_path, image_csv, capsys, monkeypatch):
+    import lossguided.stages
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(lossguided.stages, "create_model", offline)
+    args = [a for a in TINY if a != "--no-pretrained"]
+    assert main(["train", "--train", str(image_csv), "--out", str(tmp_path / "o"), "--workers", "0", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --pretrained-path FILE or --no-pretrained" in err[0]
+
+
 def test_checkpoint_from_another_class_map_is_refused(tmp_path, image_csv, capsys):
     out = tmp_path / "run"
     assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "1", *TINY]) == 0

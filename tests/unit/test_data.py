@@ -133,3 +133,29 @@ def test_empty_class_folder(tmp_path):
     (tmp_path / "tree" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="empty class folder"):
         read_image_folder(tmp_path / "tree")
+
+
+@pytest.mark.fashion_mnist
+def test_a_written_fashion_mnist_selection_reads_back_as_images(tmp_path):
+    from lossguided.data.manifest import write_csv
+
+    train = load_manifest("fashion-mnist", split="train")
+    picked = train.subset(np.arange(0, len(train), 97))
+    write_csv(picked, tmp_path / "selected.csv")
+    back = load_manifest(str(tmp_path / "selected.csv"))
+    assert back.classes == train.classes  # all ten classes in their order, even if the CSV lacks some
+    assert np.array_equal(back.ids, picked.ids) and np.array_equal(back.labels, picked.labels)
+    assert np.array_equal(back.images, picked.images) and np.array_equal(back.true_labels, picked.true_labels)
+
+    text = (tmp_path / "selected.csv").read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([text[0], text[1], text[2].replace("fashion-mnist:train", "photos/a.jpg")]))
+    with pytest.raises(DataError, match=r"bad.csv: row 3: .*photos/a.jpg"):
+        load_manifest(str(bad))
+    i, p, lab = text[1].split(",", 2)
+    bad.write_text("\n".join([text[0], f"{int(i) + 1},{p},{lab}"]))
+    with pytest.raises(DataError, match=rf"bad.csv: row 2: id {int(i) + 1} differs from the path's #{i}"):
+        load_manifest(str(bad))
+    bad.write_text("\n".join([text[0], f"999999,fashion-mnist:test#999999,{lab}"]))
+    with pytest.raises(DataError, match="bad.csv: row 2: fashion-mnist has no image with id 999999"):
+        load_manifest(str(bad))

@@ -87,3 +87,43 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
                             seed=options.seed + 2)  # fmt: skip
     return Manifest(ids=keep, labels=noisy, classes=classes, source=NAME + ":train", images=images[keep],
                     true_labels=true)  # fmt: skip
+
+
+PATH_PREFIX = NAME + ":"
+
+
+def resolve_paths(manifest: Manifest, options: FashionMnistOptions = FashionMnistOptions()) -> Manifest:
+    """A CSV manifest whose paths read `fashion-mnist:<split>#<id>` (what `lossguided select` writes for the built-in
+    data) as an in-memory manifest: pixels and true labels by id, labels as the CSV has them."""
+    paths = manifest.paths
+    rows = manifest.rows if manifest.rows is not None else np.arange(len(manifest)) + 2
+    ids = np.empty(len(manifest), dtype=np.int64)
+    for i, p in enumerate(paths):
+        head, _, num = str(p).partition("#")
+        split = head[len(PATH_PREFIX):] if head.startswith(PATH_PREFIX) else None
+        if split not in SPLITS or not num.isdigit():
+            what = "mixes built-in and file paths" if split is None else "expected fashion-mnist:<split>#<id>"
+            raise DataError(f"{manifest.source}: row {rows[i]}: path {p!r}: {what}")
+        ids[i] = int(num)
+    bad = np.flatnonzero(ids != manifest.ids)
+    if len(bad):
+        r = bad[0]
+        raise DataError(f"{manifest.source}: row {rows[r]}: id {manifest.ids[r]} differs from the path's "
+                        f"#{ids[r]}; add an id column equal to it")  # fmt: skip
+    data_dir = os.environ.get("LOSSGUIDED_FASHION_MNIST_DIR", options.data_dir)
+    n_train, n_test = len(_load_raw(data_dir, "train")[1]), len(_load_raw(data_dir, "test")[1])
+    is_test = ids >= TEST_ID_OFFSET
+    valid = np.where(is_test, ids - TEST_ID_OFFSET < n_test, (ids >= 0) & (ids < n_train))
+    if not valid.all():
+        r = int(np.flatnonzero(~valid)[0])
+        raise DataError(f"{manifest.source}: row {rows[r]}: fashion-mnist has no image with id {ids[r]}")
+    images = np.empty((len(ids), 28, 28), dtype=np.uint8)
+    true = np.empty(len(ids), dtype=np.int64)
+    for part, mask, offset in (("train", ~is_test, 0), ("test", is_test, TEST_ID_OFFSET)):
+        if mask.any():
+            raw_images, raw_labels = _load_raw(data_dir, part)
+            images[mask], true[mask] = raw_images[ids[mask] - offset], raw_labels[ids[mask] - offset]
+    known = set(CLASS_NAMES) <= set(manifest.classes.names)  # the true labels are only meaningful by name
+    true = manifest.classes.encode(np.array(CLASS_NAMES, dtype=object)[true], source=manifest.source) if known else None
+    return Manifest(ids=manifest.ids, labels=manifest.labels, classes=manifest.classes, source=manifest.source,
+                    images=images, true_labels=true, rows=manifest.rows)  # fmt: skip

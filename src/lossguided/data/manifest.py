@@ -158,10 +158,18 @@ def _check_unique_ids(ids: np.ndarray, source: str, rows: np.ndarray | None) -> 
         raise DataError(f"{source}: row {r2}: duplicate id {ids[second]} (also on row {r1})")
 
 
-def read_csv(path: str | os.PathLike, *, classes: ClassMap | None = None, check_files: bool = True) -> Manifest:
+def read_csv(
+    path: str | os.PathLike,
+    *,
+    classes: ClassMap | None = None,
+    check_files: bool = True,
+    builtin_prefixes: tuple[str, ...] = (),
+) -> Manifest:
     """Read `path,label[,id]` (header required). Rows are numbered as a spreadsheet shows them (header = row 1).
 
     Without `id`, a sample's id is its 0-based data row number. Without `classes`, the class map comes from the labels.
+    Paths starting with one of `builtin_prefixes` name a built-in dataset's image (`fashion-mnist:train#123`) and
+    are kept as written, for the caller to resolve.
     """
     path = Path(path)
     if not path.is_file():
@@ -185,10 +193,13 @@ def read_csv(path: str | os.PathLike, *, classes: ClassMap | None = None, check_
             raise DataError(f"{path}: row {row}: empty path")
         if not lab:
             raise DataError(f"{path}: row {row}: empty label")
-        full = Path(p) if os.path.isabs(p) else root / p
-        if check_files and not full.is_file():
-            raise DataError(f"{path}: row {row}: image not found: {full}")
-        paths.append(str(full))
+        if builtin_prefixes and p.startswith(builtin_prefixes):
+            paths.append(p)
+        else:
+            full = Path(p) if os.path.isabs(p) else root / p
+            if check_files and not full.is_file():
+                raise DataError(f"{path}: row {row}: image not found: {full}")
+            paths.append(str(full))
         labels.append(lab)
         if has_id:
             try:
@@ -232,7 +243,8 @@ def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = Non
 
 
 def write_csv(manifest: Manifest, path: str | os.PathLike) -> None:
-    """Write `id,path,label` (label names) atomically; in-memory images are written as `builtin:<source>`."""
+    """Write `id,path,label` (label names) atomically; in-memory images are written as `<source>#<id>`, which
+    `load_manifest` reads back for the built-in dataset (`fashion-mnist:train#123`)."""
     from lossguided.io import atomic_path
 
     names = np.array(manifest.classes.names, dtype=object)
