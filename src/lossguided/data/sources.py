@@ -33,7 +33,8 @@ def load_manifest(
     if path.suffix.lower() == ".csv" or path.is_file():
         manifest = read_csv(path, classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
         if any(str(p).startswith(fashion_mnist.PATH_PREFIX) for p in manifest.paths):  # e.g. `select`'s output
-            manifest = fashion_mnist.resolve_paths(manifest, fashion_mnist_options or fashion_mnist.FashionMnistOptions())
+            options = fashion_mnist_options or fashion_mnist.FashionMnistOptions()
+            manifest = fashion_mnist.resolve_paths(manifest, options)
             return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
         return manifest
     raise DataError(f"{spec}: not found (expected a CSV manifest, an ImageFolder directory or 'fashion-mnist')")
