@@ -100,7 +100,7 @@ def resolve_paths(manifest: Manifest, options: FashionMnistOptions = FashionMnis
     ids = np.empty(len(manifest), dtype=np.int64)
     for i, p in enumerate(paths):
         head, _, num = str(p).partition("#")
-        split = head[len(PATH_PREFIX):] if head.startswith(PATH_PREFIX) else None
+        split = head.removeprefix(PATH_PREFIX) if head.startswith(PATH_PREFIX) else None
         if split not in SPLITS or not num.isdigit():
             what = "mixes built-in and file paths" if split is None else "expected fashion-mnist:<split>#<id>"
             raise DataError(f"{manifest.source}: row {rows[i]}: path {p!r}: {what}")
