@@ -128,3 +128,16 @@ def test_starting_over_rewrites_the_metrics_file(tmp_path):
     make_trainer(tmp_path, m, epochs=1).fit(resume=False)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"epoch": 1' in lines[0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 9, 16, 17])
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_batch_sampler_keeps_every_sample_once_and_its_length(n, batch_size):
+    from lossguided.data.loader import NoSingletonBatchSampler
+
+    batches = list(NoSingletonBatchSampler(range(n), batch_size))
+    assert [i for b in batches for i in b] == list(range(n)) and len(batches) == len(
+        NoSingletonBatchSampler(range(n), batch_size)
+    )
+    assert all(len(b) <= batch_size + 1 for b in batches)  # only a lone last sample joins the batch before
+    assert batch_size == 1 or n == 1 or all(len(b) > 1 for b in batches)

@@ -28,7 +28,7 @@ class NoSingletonBatchSampler(BatchSampler):
         pending: list[int] | None = None
         for batch in super().__iter__():
             if pending is not None:
-                if len(batch) == 1:
+                if len(batch) == 1 and self.batch_size > 1:  # only the last batch can be short
                     batch = pending + batch
                 else:
                     yield pending
@@ -39,6 +39,8 @@ class NoSingletonBatchSampler(BatchSampler):
     def __len__(self) -> int:
         n = len(self.sampler)
         full, rest = divmod(n, self.batch_size)
+        if self.batch_size == 1:
+            return n
         return full + (rest > 1 or (rest == 1 and full == 0))
 
 
