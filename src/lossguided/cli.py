@@ -124,7 +124,8 @@ def cmd_losses(args: argparse.Namespace) -> int:
     overrides.update(config_mod.parse_override(o) for o in args.set)
     cfg = config_mod.merge(cfg, overrides)
     train = stages.load_splits(cfg.data, classes=checkpoint.classes_of(state)).train
-    table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out)
+    table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out,
+                                 resume=not args.no_resume)  # fmt: skip
     print(json.dumps({"out": args.out, "samples": len(table), "mean_loss": float(table.losses.mean())}))
     return 0
 
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True, help="loss table file (.npz)")
+    p.add_argument("--no-resume", action="store_true", help="start the recording over even if it was interrupted")
     p.set_defaults(func=cmd_losses)
 
     p = sub.add_parser("evaluate", help="mean top-1 error of a checkpoint on a labelled manifest",

@@ -4,10 +4,12 @@ record per-sample losses, evaluate. The CLI and the recipe are thin layers over 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -90,6 +92,21 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     return model
 
 
+def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_from: str | Path | None,
+            update: bool = True) -> dict:  # fmt: skip
+    """What makes a training run this run: the model, the training settings (epochs and patience may grow), the
+    training samples and labels, the starting checkpoint's bytes. A folder is only resumed under the same key."""
+    data = hashlib.sha256(np.ascontiguousarray(train_set.ids, dtype=np.int64).tobytes())
+    data.update(np.ascontiguousarray(train_set.labels, dtype=np.int64).tobytes())
+    start = None
+    if init_from is not None:
+        with open(init_from, "rb") as f:
+            start = hashlib.file_digest(f, "sha256").hexdigest()
+    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("epochs", "patience")}
+    return {"model": dataclasses.asdict(cfg.model), "training settings": settings, "image size": cfg.data.image_size,
+            "training data": data.hexdigest(), "starting checkpoint": start, "updates": update}  # fmt: skip
+
+
 def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: str = "pretrain",
           init_from: str | Path | None = None, resume: bool = True) -> FitResult:  # fmt: skip
     """Pre-train (section 'pretrain') or fine-tune ('finetune', usually with init_from) into out_dir."""
@@ -99,7 +116,8 @@ def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: st
     size = cfg.data.image_size
     trainer = Trainer(
         model, make_dataset(splits.train, image_size=size), cfg=tcfg, classes=splits.classes, out_dir=out_dir,
-        run_config=to_dict(cfg), val_set=make_dataset(splits.val, image_size=size) if splits.val else None,
+        run_config=to_dict(cfg), run_key=run_key(cfg, tcfg, splits.train, init_from=init_from),
+        val_set=make_dataset(splits.val, image_size=size) if splits.val else None,
         loader_kwargs=loader_kwargs(cfg.data),
     )  # fmt: skip
     return trainer.fit(resume=resume)
@@ -120,6 +138,7 @@ def record_losses(cfg: RecipeConfig, train_set: Manifest, *, checkpoint_path: st
     work_dir = Path(work_dir) if work_dir else out_path.parent / (out_path.stem + "_record")
     trainer = Trainer(model, make_dataset(train_set, image_size=cfg.data.image_size), cfg=tcfg,
                       classes=train_set.classes, out_dir=work_dir, run_config=to_dict(cfg), recorder=recorder,
+                      run_key=run_key(cfg, tcfg, train_set, init_from=checkpoint_path, update=lr > 0),
                       update=lr > 0, loader_kwargs=loader_kwargs(cfg.data))  # fmt: skip
     trainer.fit(resume=resume)
     table = LossTable.from_recording(train_set, *recorder.table())

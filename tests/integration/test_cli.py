@@ -84,6 +84,20 @@ def test_unreachable_imagenet_weights_are_one_line(tmp_path, image_csv, capsys, 
     assert len(err) == 1 and "pass --pretrained-path FILE or --no-pretrained" in err[0]
 
 
+def test_a_folder_is_resumed_only_by_the_same_run(tmp_path, image_csv, capsys):
+    out, base = tmp_path / "run", ["train", "--train", str(image_csv), "--workers", "0", "--epochs", "1", *TINY]
+    assert main([*base, "--out", str(out)]) == 0
+    assert main([*base, "--out", str(out), "--lr", "5e-4"]) == 2  # other settings: refuse to mix two runs
+    assert "holds a run with other training settings" in capsys.readouterr().err
+    assert main([*base, "--out", str(out), "--lr", "5e-4", "--no-resume"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b")]) == 0
+    table, record = str(tmp_path / "l.npz"), ["losses", "--train", str(image_csv), "--out"]
+    assert main([*record, table, "--checkpoint", str(out / "last.pt")]) == 0
+    assert main([*record, table, "--checkpoint", str(tmp_path / "b" / "last.pt")]) == 2  # not the old recording
+    assert "holds a run with other starting checkpoint" in capsys.readouterr().err
+    assert main([*record, table, "--checkpoint", str(tmp_path / "b" / "last.pt"), "--no-resume"]) == 0
+
+
 def test_checkpoint_from_another_class_map_is_refused(tmp_path, image_csv, capsys):
     out = tmp_path / "run"
     assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "1", *TINY]) == 0

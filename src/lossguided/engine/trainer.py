@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lossguided.config import TrainConfig
+from lossguided.config import ConfigError, TrainConfig
 from lossguided.data.loader import create_loader
 from lossguided.data.manifest import ClassMap
 from lossguided.data.transforms import BatchTransform
@@ -62,6 +62,7 @@ class Trainer:
         classes: ClassMap,
         out_dir: str | Path,
         run_config: dict | None = None,
+        run_key: dict | None = None,
         val_set=None,
         recorder: LossRecorder | None = None,
         update: bool = True,
@@ -71,6 +72,7 @@ class Trainer:
         self.info = get_info()
         self.cfg, self.classes, self.out_dir = cfg, classes, Path(out_dir)
         self.run_config = run_config or {}
+        self.run_key = run_key  # what makes a run this run; a last.pt with another key is not resumed
         self.device = device or default_device(self.info)
         self.update, self.recorder, self.val_set = update, recorder, val_set
         self.on_cuda = self.device.type == "cuda"
@@ -175,6 +177,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "classes": list(self.classes.names),
             "config": self.run_config,
+            "run_key": self.run_key,
             "model_name": self.run_config.get("model", {}).get("name"),
             "epoch": self.epoch,
             "step": self.step,
@@ -212,6 +215,11 @@ class Trainer:
             return None
         state = checkpoint.load(path, map_location=self.device)
         checkpoint.check_same_classes(state, self.classes, path=str(path), source="the training data")
+        saved = state.get("run_key")
+        if saved is not None and self.run_key is not None and saved != self.run_key:
+            diff = sorted(k for k in self.run_key.keys() | saved.keys() if saved.get(k) != self.run_key.get(k))
+            raise ConfigError(f"{path}: holds a run with other {', '.join(diff)}; rerun with the same settings, "
+                              "or pass --no-resume to start over, or use another --out")  # fmt: skip
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
