@@ -260,7 +260,7 @@ def _positive(text: str) -> int:
 
 
 def _count_or_all(text: str) -> int | None:
-    return None if text == "all" else int(text)
+    return None if text == "all" else _positive(text)
 
 
 def _add_see_data(sub) -> None:
@@ -296,7 +296,7 @@ def _add_see_data(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of `lossguided run`")
     p.add_argument("--out", required=True, help="HTML file to write")
     p.add_argument("--round", type=_positive, default=1, help="refinement round to show (record<R>, refine<R>)")
-    p.add_argument("--thumbs-per-class", type=int, default=6, help="suspects shown per class, and as many selected")
+    p.add_argument("--thumbs-per-class", type=_positive, default=6, help="suspects per class, and as many selected")
     p.add_argument("--max-classes", type=_count_or_all, default=500,
                    help="worst classes that get thumbnails, or 'all' (default 500; ~10 KB a class)")  # fmt: skip
     p.add_argument("--thumb-size", type=_positive, default=48, help="thumbnail size in px (default 48)")
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time views whose features are summed (paper: hflip)")  # fmt: skip
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_positive, default=128)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("ensemble", help="combine feature directories of several models into predictions",
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same metrics JSON as `evaluate`.")  # fmt: skip
     p.add_argument("dirs", nargs="+", help="feature directories from `lossguided features`")
     p.add_argument("--out", required=True, help="predictions CSV")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--top-k", type=_positive, default=1, help="classes per row (at most the class count)")
     p.add_argument("--test", help="labelled manifest of the same images: print metrics")
     p.add_argument("--exact", action="store_true", help="fp32 scan instead of the bf16 scan + exact rescoring")
     p.set_defaults(func=cmd_ensemble)

@@ -72,6 +72,10 @@ class TrainConfig:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not 0 < self.lr_min_ratio <= 1:
             raise ConfigError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio}")
+        if not 0 <= self.smoothing < 1:
+            raise ConfigError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        if self.lr < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("lr, weight_decay and warmup_steps must be >= 0")
 
 
 @dataclass
@@ -82,6 +86,11 @@ class RecordConfig:
     lr: float | None = None  # None: the pre-training lr; 0 records without updating the weights
     batch_size: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or (self.lr or 0) < 0:
+            raise ConfigError(f"record: epochs and batch_size must be >= 1 and lr >= 0, got {self.epochs}, "
+                              f"{self.batch_size}, {self.lr}")  # fmt: skip
+
 
 @dataclass
 class RefineConfig:
@@ -90,6 +99,25 @@ class RefineConfig:
     drop_loss_above: float | None = 9.0
     drop_quantile: float | None = None
     per_class: int | None = None  # width of the median band
+
+    def __post_init__(self) -> None:
+        from lossguided.refine.select import parse_band
+
+        if self.rounds < 0:
+            raise ConfigError(f"refine.rounds must be >= 0, got {self.rounds}")
+        if isinstance(self.bands, str):
+            self.bands = [self.bands]
+        if not self.bands:
+            raise ConfigError("refine.bands is empty: nothing would be selected")
+        for band in self.bands:
+            try:
+                parse_band(band)
+            except ValueError as e:
+                raise ConfigError(f"refine.bands: {e}") from None
+        if self.drop_quantile is not None and not 0 <= self.drop_quantile <= 1:
+            raise ConfigError(f"refine.drop_quantile must be in [0, 1], got {self.drop_quantile}")
+        if self.per_class is not None and self.per_class < 1:
+            raise ConfigError(f"refine.per_class must be >= 1, got {self.per_class}")
 
 
 @dataclass

@@ -67,6 +67,17 @@ class LossTable:
         bad = ~np.isfinite(cols["loss"])
         if bad.any():
             raise DataError(f"{path}: {bad.sum()} non-finite losses (NaN or inf), first at id {cols['id'][bad][0]}")
+        ids, n = cols["id"], len(cols["id"])
+        if any(len(cols[c]) != n for c in ("label", "loss", "n_records", "pred", "path")):
+            raise DataError(f"{path}: columns of different lengths")
+        unordered = np.flatnonzero(np.diff(ids) <= 0)  # rows are looked up by id with a binary search
+        if len(unordered):
+            raise DataError(f"{path}: ids must be unique and ascending; id {ids[unordered[0] + 1]} follows "
+                            f"{ids[unordered[0]]}")  # fmt: skip
+        k = len(cols["classes"])
+        if n and (cols["label"].min() < 0 or cols["label"].max() >= k):
+            raise DataError(f"{path}: labels must be class indices in [0, {k}); "
+                            f"id {ids[np.argmax((cols['label'] < 0) | (cols['label'] >= k))]} is not")  # fmt: skip
         return cls(cols["id"], cols["label"], cols["loss"].astype(np.float32), cols["n_records"], cols["pred"],
                    cols["path"].astype(object), ClassMap(tuple(str(c) for c in cols["classes"])),
                    cols.get("true_label"))  # fmt: skip

@@ -26,7 +26,9 @@ def create_model(
     (`pretrained=True`, needs the hub) or from a local file (`pretrained_path`: .safetensors, .pth or .bin;
     loaded without executing code, the ImageNet classifier is dropped)."""
     if name not in timm.list_models() and not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}; see timm.list_models('*pattern*'), e.g. {PAPER_BACKBONES}")
+        from lossguided.config import ConfigError
+
+        raise ConfigError(f"unknown timm model {name!r}; see timm.list_models('*pattern*'), e.g. {PAPER_BACKBONES}")
     kwargs = {}
     if pretrained_path is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path), "num_classes": 1000}

@@ -60,6 +60,12 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     rows = (tmp_path / "p2.csv").read_text().splitlines()
     assert rows[0] == "id,prediction,top2" and len(rows) == 25
     assert rows[1].split(",")[1] in {"SKU-A", "SKU-B", "SKU-C"}
+    capsys.readouterr()
+    assert main(["ensemble", str(tmp_path / "f0"), "--out", str(tmp_path / "p3.csv"), "--top-k", "4"]) == 2
+    assert "top-k 4 is not in [1, 3]" in capsys.readouterr().err
+    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1"),
+                 "--tta", "none"]) == 2  # a finished folder of other settings is not handed back  # fmt: skip
+    assert "holds finished features with tta='hflip' (asked 'none')" in capsys.readouterr().err
 
 
 def test_bad_manifest_is_one_line_before_training(tmp_path, capsys):
@@ -98,6 +104,25 @@ def test_a_folder_is_resumed_only_by_the_same_run(tmp_path, image_csv, capsys):
     assert main([*record, table, "--checkpoint", str(tmp_path / "b" / "last.pt"), "--no-resume"]) == 0
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "no_such_net"], "unknown timm model 'no_such_net'"),
+        (["--optimizer", "no_such_opt"], "optimizer 'no_such_opt'"),
+        (["--smoothing", "0.9"], "label smoothing eps must be in [0, (K-1)/K = 0.667] for K=3 classes"),
+        (["--smoothing", "1.5"], "smoothing must be in [0, 1), got 1.5"),
+        (["--set", "refine.bands=[6-10x]"], "refine.bands: invalid band '6-10x'"),
+        (["--set", "record.epochs=0"], "record: epochs and batch_size must be >= 1"),
+    ],
+)
+def test_bad_settings_are_one_line_before_training(tmp_path, image_csv, capsys, flags, message):
+    out = tmp_path / "o"
+    assert main(["train", "--train", str(image_csv), "--out", str(out), "--workers", "0", *TINY, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (out / "last.pt").exists()
+
+
 def test_checkpoint_from_another_class_map_is_refused(tmp_path, image_csv, capsys):
     out = tmp_path / "run"
     assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "1", *TINY]) == 0
@@ -118,6 +143,11 @@ def test_bad_loss_table_and_band(tmp_path, capsys):
               classes=np.array(["x"]))  # fmt: skip
     assert main(["select", str(path), "--out", str(tmp_path / "s.csv")]) == 2
     assert "1 non-finite losses (NaN or inf), first at id 1" in capsys.readouterr().err
+    write_npz(path, id=np.array([3, 1, 2]), label=np.zeros(3, int), loss=np.ones(3, np.float32),
+              n_records=np.ones(3, int), pred=np.zeros(3, int), path=np.array(["a", "b", "c"]),
+              classes=np.array(["x"]))  # fmt: skip
+    assert main(["select", str(path), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "ids must be unique and ascending; id 1 follows 3" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
 
 

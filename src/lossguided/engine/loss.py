@@ -11,10 +11,15 @@ from torch import nn
 
 def torch_smoothing(eps: float, num_classes: int) -> float:
     """The PyTorch `label_smoothing` value that realizes eq. (1) for K classes."""
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"label smoothing eps must be in [0, 1), got {eps}")
+    from lossguided.config import ConfigError
+
+    if eps == 0.0:
+        return 0.0
     if num_classes < 2:
-        raise ValueError(f"label smoothing needs at least 2 classes, got {num_classes}")
+        raise ConfigError(f"label smoothing needs at least 2 classes, got {num_classes}")
+    if not 0.0 < eps <= (num_classes - 1) / num_classes:  # beyond, the true class gets less than the others
+        raise ConfigError(f"label smoothing eps must be in [0, (K-1)/K = {(num_classes - 1) / num_classes:.3g}] "
+                          f"for K={num_classes} classes, got {eps}")  # fmt: skip
     return eps * num_classes / (num_classes - 1)
 
 

@@ -13,7 +13,12 @@ from torch import nn
 def create_optimizer(model: nn.Module, *, name: str = "lookahead_radam", lr: float = 1e-4,
                      weight_decay: float = 0.0) -> torch.optim.Optimizer:  # fmt: skip
     """Any optimizer timm knows by name (`timm.optim.list_optimizers()`); the paper's Ranger is the default."""
-    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay)
+    from lossguided.config import ConfigError
+
+    try:
+        return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay)
+    except (ValueError, AssertionError, KeyError) as e:  # timm's message for an unknown name varies by version
+        raise ConfigError(f"optimizer {name!r}: {e}; see timm.optim.list_optimizers()") from None
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, lr_min_ratio: float = 0.1,

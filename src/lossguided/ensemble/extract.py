@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from lossguided.data.datasets import make_dataset
-from lossguided.data.manifest import Manifest
+from lossguided.data.manifest import DataError, Manifest
 from lossguided.data.transforms import TTA_VIEWS, BatchTransform
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import all_gather_objects, barrier, default_device, get_info
@@ -70,14 +70,18 @@ def extract_features(
     model.to(device).eval()
     weight, bias = classifier_weights(model)
     n_views = len(TTA_VIEWS[tta](torch.zeros(1, 3, 2, 2)))
-    if (Path(out_dir) / "meta.json").is_file() and _is_complete(out_dir):
-        return open_features(out_dir)  # finished earlier: nothing to redo
+    if (Path(out_dir) / "meta.json").is_file() and _is_complete(out_dir):  # finished earlier: reuse if the same
+        return _same_extraction(open_features(out_dir), tta=tta, dtype=dtype, model=name, ids=manifest.ids,
+                                weight=weight, bias=bias)  # fmt: skip
     writer = None
     if info.is_main:
-        writer = FeatureWriter.create(out_dir, n_rows=len(manifest), weight=weight.cpu().numpy(),
-                                      bias=bias.cpu().numpy(), classes=classes.names, n_views=n_views, tta=tta,
-                                      model=name, dtype=dtype, chunk_rows=chunk_rows,
-                                      extra={"checkpoint": str(checkpoint_path), "image_size": size})  # fmt: skip
+        try:
+            writer = FeatureWriter.create(out_dir, n_rows=len(manifest), weight=weight.cpu().numpy(),
+                                          bias=bias.cpu().numpy(), classes=classes.names, n_views=n_views, tta=tta,
+                                          model=name, dtype=dtype, chunk_rows=chunk_rows,
+                                          extra={"checkpoint": str(checkpoint_path), "image_size": size})  # fmt: skip
+        except ValueError as e:  # an interrupted extraction of other settings
+            raise DataError(f"{e}; remove the folder or use another --out") from None
     start = all_gather_objects(writer.rows_done if writer else None)[0]
     if start and info.is_main:
         log.info("resuming feature extraction of %s at row %d of %d", out_dir, start, len(manifest))
@@ -95,6 +99,20 @@ def extract_features(
         writer.finish()
     barrier()
     return open_features(out_dir)
+
+
+def _same_extraction(fs: FeatureSet, *, tta: str, dtype: str, model: str, ids: np.ndarray, weight: torch.Tensor,
+                     bias: torch.Tensor) -> FeatureSet:  # fmt: skip
+    """A finished folder answers a request only if it was made the same way from the same model and images."""
+    asked = {"tta": tta, "dtype": dtype, "model": model}
+    differ = [f"{k}={fs.meta.get(k)!r} (asked {v!r})" for k, v in asked.items() if fs.meta.get(k) != v]
+    if not np.array_equal(np.asarray(fs.ids), ids):
+        differ.append("other image ids")
+    if not (np.array_equal(fs.weight, weight.cpu().numpy()) and np.array_equal(fs.bias, bias.cpu().numpy())):
+        differ.append("another checkpoint's classifier")
+    if differ:
+        raise DataError(f"{fs.path}: holds finished features with {', '.join(differ)}; remove it or use another --out")
+    return fs
 
 
 def _is_complete(out_dir: str | os.PathLike) -> bool:

@@ -32,6 +32,8 @@ def predict_ensemble(
         check_compatible(sets)
     except (FileNotFoundError, ValueError) as e:
         raise DataError(str(e)) from None
+    if not 1 <= top_k <= len(sets[0].classes):
+        raise DataError(f"top-k {top_k} is not in [1, {len(sets[0].classes)}] (the number of classes)")
     idx, _ = ensemble_topk(sets, k=top_k, fast=fast, device=device)
     top = idx.numpy()
     ids = np.asarray(sets[0].ids)
