@@ -26,6 +26,7 @@ MODEL_FLAGS = {"model": "model.name", "pretrained": "model.pretrained", "pretrai
 TRAIN_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "smoothing": "smoothing",
     "flip": "flip", "patience": "patience", "seed": "seed", "weight_decay": "weight_decay",
+    "save_every_steps": "save_every_steps",
 }  # fmt: skip
 
 
@@ -67,6 +68,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="horizontal flip p=0.5")
     g.add_argument("--patience", type=int, help="early stop after N epochs without val improvement")
     g.add_argument("--seed", type=int)
+    g.add_argument("--save-every-steps", type=int, metavar="N",
+                   help="also checkpoint after every N batches of an epoch (a kill then loses minutes)")  # fmt: skip
 
 
 def _add_config(p: argparse.ArgumentParser, *, positional_recipe: bool = False) -> None:

@@ -66,8 +66,11 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     seed: int = 0
+    save_every_steps: int = 0  # also write last.pt after every N batches of an epoch (0: only at its end)
 
     def __post_init__(self) -> None:
+        if self.save_every_steps < 0:
+            raise ConfigError(f"save_every_steps must be >= 0, got {self.save_every_steps}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not 0 < self.lr_min_ratio <= 1:

@@ -102,7 +102,8 @@ def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_f
     if init_from is not None:
         with open(init_from, "rb") as f:
             start = hashlib.file_digest(f, "sha256").hexdigest()
-    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("epochs", "patience")}
+    free = ("epochs", "patience", "save_every_steps")  # may change between a run and its resumption
+    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in free}
     return {"model": dataclasses.asdict(cfg.model), "training settings": settings, "image size": cfg.data.image_size,
             "training data": data.hexdigest(), "starting checkpoint": start, "updates": update}  # fmt: skip
 

@@ -105,7 +105,8 @@ def test_two_process_recording_holds_every_id_once_and_equals_one_process(data, 
     ckpt, csv = str(trained[0] / "last.pt"), str(data / "train.csv")
     two, one = data / "rec2" / "losses.npz", data / "rec1" / "losses.npz"
     stdout, _ = torchrun(["losses", "--checkpoint", ckpt, "--train", csv, "--out", str(two), "--lr", "0",
-                          "--batch-size", "4", "--workers", "0"])  # fmt: skip
+                          "--batch-size", "4", "--workers", "0",
+                          "--set", "pretrain.save_every_steps=1"])  # mid-epoch checkpoints gather both ranks  # fmt: skip
     assert json.loads(stdout.strip())["samples"] == N
     capsys.readouterr()
     assert main(["losses", "--checkpoint", ckpt, "--train", csv, "--out", str(one), "--lr", "0",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from lossguided.cli import main
@@ -33,14 +34,27 @@ def _metrics(path):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
-def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, image_csv, capsys):
+def _saved_inside_an_epoch(path) -> bool:
+    try:
+        state = checkpoint.load(path)
+    except Exception:  # not there yet
+        return False
+    return state["epoch"] >= 2 and state.get("mid_epoch") is not None
+
+
+@pytest.mark.parametrize("save_every", [None, 2], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
+def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, image_csv, capsys, save_every):
     out = tmp_path / "killed"
-    proc = _start(_args(image_csv, out))
+    extra = [] if save_every is None else ["--save-every-steps", str(save_every)]
+    proc = _start([*_args(image_csv, out), *extra])
     try:
         deadline = time.monotonic() + 180
         metrics = out / "metrics.jsonl"
-        # two epochs saved (last.pt, then its metrics line): the process is now inside epoch 3
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        # two epochs saved (last.pt, then its metrics line): the process is now inside epoch 3; with mid-epoch
+        # checkpoints, wait for one written inside an epoch
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2) or (
+            save_every and not _saved_inside_an_epoch(out / "last.pt")
+        ):
             assert proc.poll() is None, f"run ended before the kill: {proc.communicate()[1][-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 180 s"
             time.sleep(0.01)
@@ -56,7 +70,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, image_
     # what a kill inside checkpoint.save leaves behind (atomic_path's temporary file, never renamed)
     (out / ".last.pt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
 
-    rerun = _start(_args(image_csv, out))
+    rerun = _start([*_args(image_csv, out), *extra])
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr[-3000:]
     result = json.loads(stdout.strip().splitlines()[-1])

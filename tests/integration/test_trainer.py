@@ -87,6 +87,39 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     np.testing.assert_array_equal(resumed.recorder.sums, full.recorder.sums)
 
 
+def test_resume_inside_an_epoch_continues_exactly(tmp_path):
+    """Killed before step 8 of 12 (30 samples, batch 8: 4 steps an epoch) with a checkpoint every 3 batches of an
+    epoch: the rerun starts after step 7 (epoch 2, batch 3) and ends with the uninterrupted run's weights, losses
+    and metrics."""
+    m = tiny_manifest()
+    kw = {"epochs": 3, "flip": True, "save_every_steps": 3}
+    full = make_trainer(tmp_path / "full", m, recorder=LossRecorder(m.ids), **kw)
+    full.fit()
+
+    killed = make_trainer(tmp_path / "killed", m, recorder=LossRecorder(m.ids), **kw)
+    original = killed.run_step
+
+    def dies_at_step_8(*args):
+        if killed.step == 7:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    killed.run_step = dies_at_step_8
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    saved = checkpoint.load(tmp_path / "killed" / "last.pt")
+    assert saved["step"] == 7 and saved["epoch"] == 1 and saved["mid_epoch"]["batches"] == 3
+    resumed = make_trainer(tmp_path / "killed", m, recorder=LossRecorder(m.ids), seed=123, **kw)
+    assert resumed.fit().resumed_from == 1
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    np.testing.assert_array_equal(resumed.recorder.sums, full.recorder.sums)
+    np.testing.assert_array_equal(resumed.recorder.counts, np.full(len(m), 3))
+    timing = ("images_per_s", "epoch_time_s")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+
+
 def test_checkpoint_loads_without_code_and_refuses_other_class_maps(tmp_path):
     m = tiny_manifest()
     make_trainer(tmp_path, m, epochs=1).fit()

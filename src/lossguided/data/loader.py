@@ -23,10 +23,13 @@ class NoSingletonBatchSampler(BatchSampler):
 
     def __init__(self, sampler: Sampler, batch_size: int) -> None:
         super().__init__(sampler, batch_size, drop_last=False)
+        self.skip = 0  # batches of this epoch already trained before a mid-epoch resume
 
     def __iter__(self):
         pending: list[int] | None = None
-        for batch in super().__iter__():
+        for i, batch in enumerate(super().__iter__()):
+            if i < self.skip:
+                continue
             if pending is not None:
                 if len(batch) == 1 and self.batch_size > 1:  # only the last batch can be short
                     batch = pending + batch

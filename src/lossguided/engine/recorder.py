@@ -59,6 +59,19 @@ class LossRecorder:
             raise RuntimeError(f"{missing.sum()} samples were never recorded, e.g. ids {self.ids[missing][:5]}")
         return self.ids, (self.sums / self.counts).astype(np.float32), self.counts.copy(), self.preds.copy()
 
+    def pending_state(self) -> dict[str, torch.Tensor]:
+        """This epoch's records so far from every rank (a collective), for a mid-epoch checkpoint."""
+        parts = (self._ids, self._losses, self._preds)
+        return {name: torch.cat(all_gather_tensors(torch.cat(p) if p else torch.zeros(0, dtype=dtype))).cpu()
+                for name, p, dtype in zip(("ids", "losses", "preds"), parts, (torch.int64, torch.float32, torch.int64),
+                                          strict=True)}  # fmt: skip
+
+    def load_pending(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
+        """Put an interrupted epoch's records back (on one rank: `end_epoch` gathers and de-duplicates)."""
+        self._ids = [state["ids"].to(device)]
+        self._losses = [state["losses"].to(device)]
+        self._preds = [state["preds"].to(device)]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"ids": torch.from_numpy(self.ids), "sums": torch.from_numpy(self.sums),
                 "counts": torch.from_numpy(self.counts), "preds": torch.from_numpy(self.preds)}  # fmt: skip

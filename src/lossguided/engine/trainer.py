@@ -1,7 +1,8 @@
 """A small trainer: the step is data -> forward (per-sample losses) -> backward -> optimizer and per-batch LR.
 Around it, once per epoch: loss recording, validation, a JSONL metrics line, checkpoints, early stopping.
 
-Resuming reads `out_dir/last.pt` (model, optimizer, epoch, step, RNG, recorder) and continues with the next epoch,
+Resuming reads `out_dir/last.pt` (model, optimizer, epoch, step, RNG, recorder) and continues with the next epoch
+(or inside the epoch, after a `save_every_steps` checkpoint),
 so a killed run that is started again finishes as if it had never stopped.
 """
 
@@ -91,6 +92,7 @@ class Trainer:
         self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.on_cuda else None) \
             if self.info.enabled and update else self.model  # fmt: skip
         self.epoch = self.step = 0
+        self.resume_point: dict | None = None  # where a mid-epoch checkpoint left the current epoch
         self.best, self.bad_epochs = None, 0
         self.history: list[dict] = []  # one metrics record per finished epoch; metrics.jsonl is rebuilt from it
 
@@ -120,15 +122,28 @@ class Trainer:
         self.net.train(self.update)
         self.transform.train(self.update)
         total, seen, start = torch.zeros((), device=self.device), 0, time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.info.is_main,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, file=sys.stderr)  # fmt: skip
+        done, point = 0, self.resume_point
+        if point is not None:  # continue the interrupted epoch after its last saved batch
+            done, total, seen = point["batches"], torch.tensor(point["total"], device=self.device), point["seen"]
+        self.resume_point, self.loader.batch_sampler.skip = None, done
+        seen_before, every, n_batches = seen, self.cfg.save_every_steps, len(self.loader)
+        batches = iter(self.loader)  # draws the loader's base seed from the global generator ...
+        if point is not None:
+            self._set_rng_state(point["rng"])  # ... so the saved generators go back in after that draw
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.info.is_main,
+                   initial=done, total=n_batches, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False,
+                   file=sys.stderr)  # fmt: skip
         with torch.set_grad_enabled(self.update):
-            for i, (images, labels, ids) in enumerate(bar):
+            for i, (images, labels, ids) in enumerate(bar, start=done):
                 total += self.run_step(images, labels, ids) * len(ids)
                 seen += len(ids)
                 if i % 20 == 0:
-                    rate = seen * self.info.world_size / (time.perf_counter() - start)
+                    rate = (seen - seen_before) * self.info.world_size / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{total.item() / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                if every and (i + 1) % every == 0 and i + 1 < n_batches:
+                    self._save_mid_epoch(i + 1, total, seen)
+        self.loader.batch_sampler.skip = 0
+        seen_now = seen - seen_before
         if self.recorder is not None:
             self.recorder.end_epoch()
         if self.info.enabled:  # the same collectives, in the same order, on every rank
@@ -137,7 +152,9 @@ class Trainer:
             sums = all_reduce_sum(torch.stack([total.double(), torch.tensor(float(seen), device=self.device).double()]))
             total, seen = sums[0], int(sums[1].item())  # over all ranks (padding repeats a few samples)
         elapsed = time.perf_counter() - start
-        return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen / elapsed,
+        if self.info.enabled:
+            seen_now = int(all_reduce_sum(torch.tensor(float(seen_now), device=self.device).double()).item())
+        return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen_now / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}  # fmt: skip
 
     def fit(self, *, resume: bool = True) -> FitResult:
@@ -194,6 +211,11 @@ class Trainer:
     def _rng_state(self) -> dict:
         return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if self.on_cuda else None}
 
+    def _set_rng_state(self, rng: dict) -> None:
+        torch.set_rng_state(rng["cpu"].cpu())
+        if self.on_cuda and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+
     def _save_epoch(self, record: dict, improved: bool) -> None:
         """best.pt, then last.pt, then the metrics line, each written whole: a kill between two of them leaves a
         last.pt of the previous epoch, so the rerun redoes this epoch and writes all three again."""
@@ -207,6 +229,21 @@ class Trainer:
                 checkpoint.save(self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop})
             checkpoint.save(self.out_dir / "last.pt", state)
             append_jsonl(self.out_dir / "metrics.jsonl", record)
+        barrier()
+
+    def _save_mid_epoch(self, batches: int, total: torch.Tensor, seen: int) -> None:
+        """last.pt inside an epoch: the weights after `batches` batches, each rank's running loss and generators,
+        and the epoch's recorded losses so far. best.pt and metrics.jsonl only change at the end of an epoch."""
+        pending = self.recorder.pending_state() if self.recorder is not None else None
+        ranks = all_gather_objects({**self._rng_state(), "total": float(total.item()), "seen": seen})
+        if self.info.is_main:
+            rngs = [{"cpu": r["cpu"], "cuda": r["cuda"]} for r in ranks]
+            progress = {"batches": batches, "world_size": self.info.world_size,
+                        "totals": [r["total"] for r in ranks], "seen": [r["seen"] for r in ranks]}  # fmt: skip
+            state = self.state_dict() | {"rng_ranks": rngs, "mid_epoch": progress}
+            if pending is not None:
+                state["recorder_pending"] = pending
+            checkpoint.save(self.out_dir / "last.pt", state)
         barrier()
 
     def _resume(self) -> int | None:
@@ -227,10 +264,7 @@ class Trainer:
         self.scheduler.step_update(self.step)
         rngs = state.get("rng_ranks")
         if rngs is not None and len(rngs) == self.info.world_size:
-            mine = rngs[self.info.rank]
-            torch.set_rng_state(mine["cpu"].cpu())
-            if self.on_cuda and mine.get("cuda") is not None:
-                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+            self._set_rng_state(rngs[self.info.rank])
         else:
             torch.set_rng_state(state["rng"].cpu())
             if rngs is not None and self.info.is_main:
@@ -242,8 +276,19 @@ class Trainer:
                 write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         if self.recorder is not None and "recorder" in state:
             self.recorder.load_state_dict({k: v.cpu() for k, v in state["recorder"].items()})
+        mid = state.get("mid_epoch")
+        if mid is not None and mid["world_size"] == self.info.world_size:
+            r = self.info.rank
+            self.resume_point = {"batches": int(mid["batches"]), "total": mid["totals"][r], "seen": int(mid["seen"][r]),
+                                 "rng": rngs[r]}  # fmt: skip
+            if self.recorder is not None and self.info.is_main and "recorder_pending" in state:
+                self.recorder.load_pending(state["recorder_pending"], self.device)
+        elif mid is not None and self.info.is_main:  # other shards: this epoch's order restarts, the weights stay
+            log.warning("%s was saved inside epoch %d by %d ranks; with %d the epoch's data starts over",
+                        path, self.epoch + 1, mid["world_size"], self.info.world_size)  # fmt: skip
         if self.info.is_main:
-            log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+            where = f" + {mid['batches']} batches" if self.resume_point else ""
+            log.info("resumed from %s at epoch %d%s (step %d)", path, self.epoch, where, self.step)
         return self.epoch
 
 
