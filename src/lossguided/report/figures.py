@@ -98,11 +98,12 @@ def loss_histogram(losses: np.ndarray, noisy: np.ndarray | None, thresholds: lis
             ax.hist(losses[mask], bins=bins, color=colour, histtype="step", linewidth=1.2)
     for name, value in thresholds:
         ax.axvline(value, color=MARK, linestyle="--", linewidth=1.2)
-        ax.text(value, 0.97, f" {name} = {value:.3g}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.text(value, 0.97, f"{name} = {value:.3g} ", transform=ax.get_xaxis_transform(), va="top", ha="right",
+                rotation=90, fontsize=8)  # along its line, clear of the legend  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("average training loss")
     ax.set_ylabel("samples (log)")
-    ax.legend(loc="upper center", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     return to_png(fig)
 
 
