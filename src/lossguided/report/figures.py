@@ -37,17 +37,17 @@ def class_frequency(sorted_counts: np.ndarray, *, head_classes: int, head_share:
     ax.set_title(f"Class frequency: {k:,} classes, {int(sorted_counts.sum()):,} images")
     if head_classes:
         ax.axvspan(0.5, head_classes + 0.5, color="#f2b134", alpha=0.25, linewidth=0)
-        ax.text(0.02, 0.04, f"head: the largest {_classes(head_classes)} hold {head_share:.1%} of images",
+        ax.text(0.02, 0.04, f"head: the largest {_classes(head_classes)} {head_share:.1%} of images",
                 transform=ax.transAxes, fontsize=9)  # fmt: skip
     if tail_classes:
         ax.axvspan(k - tail_classes + 0.5, k + 0.5, color="#9b59b6", alpha=0.15, linewidth=0)
-        ax.text(0.98, 0.94, f"tail: the smallest {_classes(tail_classes)} hold {tail_share:.1%} of images",
+        ax.text(0.98, 0.94, f"tail: the smallest {_classes(tail_classes)} {tail_share:.1%} of images",
                 transform=ax.transAxes, ha="right", fontsize=9)  # fmt: skip
     return to_png(fig)
 
 
 def _classes(n: int) -> str:
-    return f"{n:,} class" + ("es" if n != 1 else "")
+    return "class holds" if n == 1 else f"{n:,} classes hold"
 
 
 def image_sizes(widths: np.ndarray, heights: np.ndarray) -> bytes:
