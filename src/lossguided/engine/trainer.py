@@ -167,8 +167,8 @@ class Trainer:
         while self.epoch < self.cfg.epochs and not stopped:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_set is not None:
-                val = evaluate(self.model, self.val_set, class_names=self.classes.names,
-                               loader_kwargs=self.loader_kwargs)  # fmt: skip
+                val = evaluate(self.model, self.val_set, class_names=self.classes.names, amp=self.cfg.amp,
+                               device=self.device, loader_kwargs=self.loader_kwargs)  # fmt: skip
                 record |= {"val_mean_top1_error": val["mean_top1_error"], "val_top1_error": val["top1_error"]}
             self.epoch += 1
             improved = self._track_best(record.get("val_mean_top1_error"))
