@@ -26,6 +26,7 @@ $(FMNIST_DIR)/train-images-idx3-ubyte.gz:
 
 demo: venv data
 	$(BIN)/lossguided run cpu-small --out runs/demo
+	$(BIN)/lossguided report runs/demo --out runs/demo/report.html
 
 # Headless Chromium (Debian's chromium) for the report's browser test; where apt cannot install it, the test is
 # skipped with the reason.
