@@ -5,7 +5,8 @@ with 20% symmetric label noise and again with none, every row with the same mode
 * oracle    - stage 1 on the true labels (the ceiling);
 * cleanlab  - cleanlab's `find_label_issues` on out-of-fold predicted probabilities (K-fold), prune, retrain;
 * recipe    - our stages: refine (no smoothing/flip), + label smoothing/flip, refine again, + an ensemble of the
-              last fine-tune with two more seeds through saved features and flip TTA (sections 3.5-3.6).
+              last fine-tune with two more seeds through saved features and TTA (sections 3.5-3.6; the
+              recipe's tta setting, `auto` in cpu-small: none or hflip, whichever has the lower val error).
 
 Reports the clean test set's mean top-1 error, the share of the noise gap closed `(baseline - row) /
 (baseline - oracle)`, the purity of each training set and the noise AUROC of the average loss, as Markdown.
@@ -163,7 +164,8 @@ def run_setting(recipe: str, noise_rate: float, out: Path, overrides: list[str],
     ens = next((s for name, s in stage_rows.items() if name.startswith("ensemble")), None)
     if ens is not None:  # after the longer baseline, which gets one model's budget
         seen += sum(_epochs_run(out / "recipe" / "ensemble" / f"seed{s}") for s in ens["seeds"]) * ens["train_samples"]
-        rows.append({"name": f"recipe: + {len(ens['models'])} models ensemble ({ens['tta']} TTA)",
+        tta = ens.get("tta_used", ens["tta"]) + (" TTA, chosen on val" if ens["tta"] == "auto" else " TTA")
+        rows.append({"name": f"recipe: + {len(ens['models'])} models ensemble ({tta})",
                      **{k: ens.get(k) for k in ("train_samples", "val_mean_top1_error", "test_mean_top1_error")},
                      "purity": rows[-1]["purity"], "loss_auroc": rows[-1]["loss_auroc"],
                      "images_seen": seen})  # fmt: skip

@@ -128,11 +128,11 @@ class EnsembleConfig:
     """Paper section 3.5-3.6: models of other seeds combined through saved features with test-time augmentation."""
 
     seeds: list[int] = field(default_factory=list)  # extra seeds for the last fine-tune; empty: no ensemble row
-    tta: str = "hflip"  # none | hflip | dihedral8 (paper: hflip)
+    tta: str = "hflip"  # none | hflip | dihedral8 (paper: hflip) | auto (none or hflip, by val error)
 
     def __post_init__(self) -> None:
-        if self.tta not in ("none", "hflip", "dihedral8"):
-            raise ConfigError(f"ensemble.tta {self.tta!r} is not one of ('none', 'hflip', 'dihedral8')")
+        if self.tta not in ("none", "hflip", "dihedral8", "auto"):
+            raise ConfigError(f"ensemble.tta {self.tta!r} is not one of ('none', 'hflip', 'dihedral8', 'auto')")
 
 
 @dataclass

@@ -113,7 +113,9 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
 def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, start_model: Path,
                     final: Path) -> dict:  # fmt: skip
     """The last fine-tune again with each extra seed, then all of them combined through their saved features
-    (summed over the TTA views) on val and test: Table 2's "+ 3 models ensemble"."""
+    (summed over the TTA views) on val and test: Table 2's "+ 3 models ensemble". With tta 'auto' the views
+    (none or hflip) are the ones with the lower val error: a model trained mostly without flips may not be
+    flip-invariant, and then the paper's flip TTA costs accuracy."""
     from lossguided.ensemble.extract import extract_features
     from lossguided.ensemble.predict import predict_ensemble
 
@@ -131,20 +133,35 @@ def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, 
         stages.train(seed_cfg, sub, out_dir=ens_dir / f"seed{seed}", section="finetune", init_from=start_model)
         models.append(ens_dir / f"seed{seed}" / "best.pt")
         names.append(f"seed{seed}")
-    row = {"name": f"ensemble ({len(models)} models, {cfg.ensemble.tta} TTA)", "train_samples": len(ids),
-           "models": [str(m.relative_to(out_dir)) for m in models], "seeds": list(cfg.ensemble.seeds),
-           "tta": cfg.ensemble.tta}  # fmt: skip
-    for split_name, manifest in (("val", splits.val), ("test", splits.test)):
-        if manifest is None:
-            continue
+
+    def combined(split_name: str, manifest, tta: str) -> dict:
         dirs = []
         for name, ckpt in zip(names, models, strict=True):
-            d = ens_dir / "features" / f"{split_name}-{name}-{cfg.ensemble.tta}"
-            extract_features(ckpt, manifest, d, tta=cfg.ensemble.tta, image_size=cfg.data.image_size)
+            d = ens_dir / "features" / f"{split_name}-{name}-{tta}"
+            extract_features(ckpt, manifest, d, tta=tta, image_size=cfg.data.image_size)
             dirs.append(d)
-        m = predict_ensemble(dirs, labelled=manifest)["metrics"]
-        row[f"{split_name}_mean_top1_error"] = m["mean_top1_error"]
-        row[f"{split_name}_top1_error"] = m["top1_error"]
+        return predict_ensemble(dirs, labelled=manifest)["metrics"]
+
+    tta, row = cfg.ensemble.tta, {}
+    if tta == "auto":
+        if splits.val is None:
+            tta = "hflip"  # nothing to choose on: the paper's views
+            log.info("stage ensemble: tta auto without a val split, using hflip")
+        else:
+            val = {t: combined("val", splits.val, t) for t in ("none", "hflip")}
+            tta = min(val, key=lambda t: (val[t]["mean_top1_error"], t != "hflip"))  # a tie keeps the paper's
+            row["val_mean_top1_error_by_tta"] = {t: v["mean_top1_error"] for t, v in val.items()}
+            log.info("stage ensemble: val mean top-1 error by TTA %s: using %s", row["val_mean_top1_error_by_tta"],
+                     tta)  # fmt: skip
+    chosen = " chosen on val" if cfg.ensemble.tta == "auto" and splits.val is not None else ""
+    row |= {"name": f"ensemble ({len(models)} models, {tta} TTA{chosen})", "train_samples": len(ids),
+            "models": [str(m.relative_to(out_dir)) for m in models], "seeds": list(cfg.ensemble.seeds),
+            "tta": cfg.ensemble.tta, "tta_used": tta}  # fmt: skip
+    for split_name, manifest in (("val", splits.val), ("test", splits.test)):
+        if manifest is not None:
+            m = combined(split_name, manifest, tta)
+            row[f"{split_name}_mean_top1_error"] = m["mean_top1_error"]
+            row[f"{split_name}_top1_error"] = m["top1_error"]
     return _finish(ens_dir, row)
 
 
