@@ -3,13 +3,15 @@ ranks do not divide (DistributedSampler pads one shard with a repeat that must n
 
 Two launches (each ~10 s, most of it imports): a 2-process `train` (DDP, 1 epoch), then a 2-process `losses --lr 0`
 from its checkpoint, compared with the same recording in one process; the 2-process checkpoint is evaluated in one
-process too."""
+process too. Three more launches (~30 s) kill a 2-process run inside an epoch, rerun it and compare it with an
+uninterrupted one."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,70 @@ def test_two_process_recording_holds_every_id_once_and_equals_one_process(data, 
     np.testing.assert_allclose(t2.losses, t1.losses, rtol=1e-4, atol=1e-5)
     assert np.array_equal(t2.preds, t1.preds)
     assert [p.name for p in (data / "rec2").glob(".*.tmp")] == []
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def test_two_process_run_killed_inside_an_epoch_resumes_exactly(data):
+    """SIGKILL the whole 2-process job right after a mid-epoch checkpoint, rerun it: every rank continues inside
+    the epoch (its own generators and running loss) and the result equals an uninterrupted 2-process run."""
+    csv = str(data / "train.csv")
+
+    def args(out):
+        return ["train", "--train", csv, "--out", str(out), "--epochs", "30", "--model", "test_resnet",
+                "--no-pretrained", "--batch-size", "2", "--lr", "1e-3", "--flip", "--save-every-steps", "1",
+                *TINY]  # fmt: skip
+
+    killed = data / "killed2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "lossguided"]
+    proc = subprocess.Popen([*cmd, *args(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                state = checkpoint.load(killed / "last.pt")
+            except Exception:  # not written yet
+                state = None
+            if state is not None and state["epoch"] >= 1 and state.get("mid_epoch"):
+                break
+            assert proc.poll() is None, f"run ended before the kill: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 240 s"
+            time.sleep(0.01)
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # the launcher and both ranks (own sessions), no warning
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    saved = checkpoint.load(killed / "last.pt")
+    assert saved["epoch"] < 30, "the job finished before the kill"
+
+    _, stderr = torchrun(args(killed))
+    # 5 of every 6 checkpoints are written inside an epoch; when the kill came after one, the rerun continued there
+    assert (" batches (step " in stderr) == (saved.get("mid_epoch") is not None)
+    ref = data / "reference2"
+    torchrun(args(ref))
+    timing = ("images_per_s", "epoch_time_s")
+    lines = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in (d / "metrics.jsonl").read_text()
+              .splitlines()] for d in (killed, ref)]  # fmt: skip
+    assert lines[0] == lines[1] and len(lines[0]) == 30
+    got, want = checkpoint.load(killed / "last.pt"), checkpoint.load(ref / "last.pt")
+    for k, v in want["model"].items():
+        assert np.array_equal(got["model"][k].numpy(), v.numpy()), k
