@@ -155,11 +155,29 @@ def _from_dict(cls, data: dict, prefix: str = ""):
         if key not in fields:
             raise ConfigError(f"unknown key {prefix}{key!r}; valid keys: {sorted(fields)}")
         sub = _dataclass_type(fields[key])
-        kwargs[key] = _from_dict(sub, value, f"{prefix}{key}.") if sub else value
+        kwargs[key] = _from_dict(sub, value, f"{prefix}{key}.") if sub else _coerce(fields[key], value, prefix + key)
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _coerce(f: dataclasses.Field, value: Any, name: str) -> Any:
+    """YAML reads `1e-4` (no dot) as a string: numbers given as text become numbers; anything else of the wrong
+    kind is a one-line error instead of a comparison failing later."""
+    kinds = {k.strip() for k in str(f.type).split("|")}
+    if value is None or isinstance(value, bool) and "bool" in kinds:
+        return value
+    try:
+        if "float" in kinds and isinstance(value, int | float | str) and not isinstance(value, bool):
+            return float(value)
+        if "int" in kinds and isinstance(value, int | str) and not isinstance(value, bool):
+            return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if kinds & {"int", "float", "bool"} and not kinds & {"str", "Any"}:
+        raise ConfigError(f"{name}: expected {f.type}, got {value!r}")
+    return value
 
 
 def _dataclass_type(f: dataclasses.Field):

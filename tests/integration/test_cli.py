@@ -66,6 +66,9 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1"),
                  "--tta", "none"]) == 2  # a finished folder of other settings is not handed back  # fmt: skip
     assert "holds finished features with tta='hflip' (asked 'none')" in capsys.readouterr().err
+    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1"),
+                 "--image-size", "20"]) == 2  # fmt: skip
+    assert "image_size=16 (asked 20)" in capsys.readouterr().err
 
 
 def test_bad_manifest_is_one_line_before_training(tmp_path, capsys):

@@ -174,3 +174,38 @@ def test_batch_sampler_keeps_every_sample_once_and_its_length(n, batch_size):
     )
     assert all(len(b) <= batch_size + 1 for b in batches)  # only a lone last sample joins the batch before
     assert batch_size == 1 or n == 1 or all(len(b) > 1 for b in batches)
+
+
+def test_resume_with_persistent_workers_flips_like_an_uninterrupted_run(tmp_path, image_csv):
+    """With persistent loader workers only the first epoch's iterator draws from the global generator; a resumed
+    run (a new process, a new iterator) must not draw where the uninterrupted run did not."""
+    from lossguided.data.manifest import read_csv
+
+    m = read_csv(image_csv)
+    classes = m.classes
+
+    def trainer(out, seed=0):
+        torch.manual_seed(seed)
+        model = create_model("test_resnet", num_classes=len(classes))
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, flip=True)
+        return Trainer(model, make_dataset(m, image_size=16), cfg=cfg, classes=classes, out_dir=out,
+                       loader_kwargs={"workers": 1, "persistent_workers": True})  # fmt: skip
+
+    full = trainer(tmp_path / "full")
+    full.fit()
+    cut = trainer(tmp_path / "cut")
+    original, calls = cut.train_epoch, []
+
+    def dies_in_epoch_2():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original()
+
+    cut.train_epoch = dies_in_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    resumed = trainer(tmp_path / "cut", seed=123)
+    assert resumed.fit().resumed_from == 1
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)

@@ -127,9 +127,14 @@ class Trainer:
             done, total, seen = point["batches"], torch.tensor(point["total"], device=self.device), point["seen"]
         self.resume_point, self.loader.batch_sampler.skip = None, done
         seen_before, every, n_batches = seen, self.cfg.save_every_steps, len(self.loader)
-        batches = iter(self.loader)  # draws the loader's base seed from the global generator ...
-        if point is not None:
-            self._set_rng_state(point["rng"])  # ... so the saved generators go back in after that draw
+        # iter() draws the loader's base seed from the global generator: a fresh iterator every epoch without
+        # persistent workers, only the first one with them. Persistent workers draw from a copy, so a resumed run
+        # (a fresh process) and an uninterrupted one use the generator alike; a mid-epoch resume puts the saved
+        # generators back after that draw.
+        keep = self._rng_state() if self.loader.persistent_workers else None
+        batches = iter(self.loader)
+        if point is not None or keep is not None:
+            self._set_rng_state(point["rng"] if point is not None else keep)
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.info.is_main,
                    initial=done, total=n_batches, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False,
                    file=sys.stderr)  # fmt: skip
@@ -256,7 +261,7 @@ class Trainer:
         if saved is not None and self.run_key is not None and saved != self.run_key:
             diff = sorted(k for k in self.run_key.keys() | saved.keys() if saved.get(k) != self.run_key.get(k))
             raise ConfigError(f"{path}: holds a run with other {', '.join(diff)}; rerun with the same settings, "
-                              "or pass --no-resume to start over, or use another --out")  # fmt: skip
+                              "use another --out, or start over (--no-resume; `run`: remove the folder)")  # fmt: skip
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])

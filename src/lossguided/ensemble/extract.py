@@ -72,8 +72,8 @@ def extract_features(
     n_views = len(TTA_VIEWS[tta](torch.zeros(1, 3, 2, 2)))
     if (Path(out_dir) / "meta.json").is_file() and _is_complete(out_dir):  # finished earlier: reuse if the same
         return _same_extraction(open_features(out_dir), tta=tta, dtype=dtype, model=name, ids=manifest.ids,
-                                weight=weight, bias=bias)  # fmt: skip
-    writer = None
+                                weight=weight, bias=bias, image_size=size)  # fmt: skip
+    writer, error = None, None
     if info.is_main:
         try:
             writer = FeatureWriter.create(out_dir, n_rows=len(manifest), weight=weight.cpu().numpy(),
@@ -81,8 +81,10 @@ def extract_features(
                                           model=name, dtype=dtype, chunk_rows=chunk_rows,
                                           extra={"checkpoint": str(checkpoint_path), "image_size": size})  # fmt: skip
         except ValueError as e:  # an interrupted extraction of other settings
-            raise DataError(f"{e}; remove the folder or use another --out") from None
-    start = all_gather_objects(writer.rows_done if writer else None)[0]
+            error = str(e)
+    start, error = all_gather_objects((writer.rows_done if writer else None, error))[0]
+    if error:  # every rank stops, not only the one that found it
+        raise DataError(f"{error}; remove the folder or use another --out")
     if start and info.is_main:
         log.info("resuming feature extraction of %s at row %d of %d", out_dir, start, len(manifest))
     dataset = make_dataset(manifest, image_size=size)
@@ -102,9 +104,9 @@ def extract_features(
 
 
 def _same_extraction(fs: FeatureSet, *, tta: str, dtype: str, model: str, ids: np.ndarray, weight: torch.Tensor,
-                     bias: torch.Tensor) -> FeatureSet:  # fmt: skip
+                     bias: torch.Tensor, image_size: int) -> FeatureSet:  # fmt: skip
     """A finished folder answers a request only if it was made the same way from the same model and images."""
-    asked = {"tta": tta, "dtype": dtype, "model": model}
+    asked = {"tta": tta, "dtype": dtype, "model": model, "image_size": image_size}
     differ = [f"{k}={fs.meta.get(k)!r} (asked {v!r})" for k, v in asked.items() if fs.meta.get(k) != v]
     if not np.array_equal(np.asarray(fs.ids), ids):
         differ.append("other image ids")

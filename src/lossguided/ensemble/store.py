@@ -305,7 +305,7 @@ class FeatureWriter:
             raise FileExistsError(f"{path}: already holds a complete extraction; remove it to extract again")
         if not resume:
             raise FileExistsError(f"{path}: holds an interrupted extraction; pass resume=True to continue it")
-        for key in _RESUME_KEYS:
+        for key in (*_RESUME_KEYS, *(["image_size"] if "image_size" in meta else [])):  # rows of one size only
             if old.get(key) != meta[key]:
                 raise ValueError(f"{path}: cannot resume, {key}={old.get(key)!r} on disk but {meta[key]!r} requested")
         if old["classes"] != meta["classes"]:
