@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,13 +19,22 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit the schema; the message names the key and the valid choices."""
 
 
+def default_workers() -> int:
+    """DataLoader workers by default: what the machine has, at most 4 (in-memory data uses none)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores))
+
+
 @dataclass
 class DataConfig:
     train: str = "fashion-mnist"  # CSV manifest, ImageFolder root, or 'fashion-mnist'
     val: str | None = None  # defaults to the built-in val split when train is 'fashion-mnist'
     test: str | None = None  # defaults to the built-in test split when train is 'fashion-mnist'
     image_size: int = 256  # paper: resize to 256x256
-    workers: int = 4  # DataLoader worker processes for image files (in-memory data uses none)
+    workers: int = field(default_factory=lambda: default_workers())  # DataLoader processes for image files
     pin_memory: bool = True  # only used on CUDA
     persistent_workers: bool = True
     prefetch_factor: int = 2
@@ -77,8 +88,12 @@ class TrainConfig:
             raise ConfigError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio}")
         if not 0 <= self.smoothing < 1:
             raise ConfigError(f"smoothing must be in [0, 1), got {self.smoothing}")
-        if self.lr < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ConfigError("lr, weight_decay and warmup_steps must be >= 0")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0 (training needs a step), got {self.lr}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("weight_decay and warmup_steps must be finite and >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 epoch (or null: no early stop), got {self.patience}")
 
 
 @dataclass
@@ -93,6 +108,8 @@ class RecordConfig:
         if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or (self.lr or 0) < 0:
             raise ConfigError(f"record: epochs and batch_size must be >= 1 and lr >= 0, got {self.epochs}, "
                               f"{self.batch_size}, {self.lr}")  # fmt: skip
+        if self.lr is not None and not math.isfinite(self.lr):
+            raise ConfigError(f"record.lr must be a finite number >= 0, got {self.lr}")
 
 
 @dataclass
@@ -145,6 +162,14 @@ class RecipeConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
+    def __post_init__(self) -> None:
+        if self.data.workers < 0:
+            raise ConfigError(
+                f"data.workers must be >= 0 (0 reads images in the main process), got {self.data.workers}"
+            )
+        if self.data.prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be >= 1, got {self.data.prefetch_factor}")
+
 
 def _from_dict(cls, data: dict, prefix: str = ""):
     if not isinstance(data, dict):
@@ -153,31 +178,75 @@ def _from_dict(cls, data: dict, prefix: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"unknown key {prefix}{key!r}; valid keys: {sorted(fields)}")
+            hint = _did_you_mean(str(key), fields)
+            raise ConfigError(
+                f"unknown key '{prefix}{key}'{hint}; valid keys in {prefix[:-1] or 'a recipe'}: {sorted(fields)}"
+            )
         sub = _dataclass_type(fields[key])
         kwargs[key] = _from_dict(sub, value, f"{prefix}{key}.") if sub else _coerce(fields[key], value, prefix + key)
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix[:-1]):  # name the section: pretrain or finetune
+            raise ConfigError(f"{prefix[:-1]}: {e}") from None
+        raise
 
 
 def _coerce(f: dataclasses.Field, value: Any, name: str) -> Any:
     """YAML reads `1e-4` (no dot) as a string: numbers given as text become numbers; anything else of the wrong
-    kind is a one-line error instead of a comparison failing later."""
-    kinds = {k.strip() for k in str(f.type).split("|")}
-    if value is None or isinstance(value, bool) and "bool" in kinds:
+    kind (a number for a name, text in a list of seeds, null for a count) is a one-line error instead of a
+    comparison failing later."""
+    return _coerce_kinds({k.strip() for k in str(f.type).split("|")}, value, name, str(f.type))
+
+
+def _coerce_kinds(kinds: set[str], value: Any, name: str, shown: str) -> Any:
+    if "Any" in kinds:
         return value
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{name}: expected {shown}, got null")
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+        raise ConfigError(f"{name}: expected {shown}, got {value!r}")
+    lists = [k for k in kinds if k.startswith("list[")]
+    if lists:
+        inner = {k.strip() for k in lists[0][5:-1].split("|")}
+        if isinstance(value, str) and "str" in inner:
+            value = [value]  # one band written without brackets
+        if isinstance(value, list | tuple):
+            return [_coerce_kinds(inner, v, f"{name}[{i}]", lists[0][5:-1]) for i, v in enumerate(value)]
+    if isinstance(value, int | float | str) and kinds & {"int", "float"}:
+        number = _as_number(value, float_ok="float" in kinds)
+        if number is not None:
+            return number
+        if "str" not in kinds or not isinstance(value, str):
+            raise ConfigError(f"{name}: expected {'a number' if 'float' in kinds else 'int'}, got {value!r}")
+    if isinstance(value, str) and "str" in kinds:
+        return value
+    got = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else repr(value)
+    hint = " (quote it to use it as text)" if "str" in kinds and isinstance(value, int | float) else ""
+    raise ConfigError(f"{name}: expected {shown}, got {got}{hint}")
+
+
+def _as_number(value: int | float | str, *, float_ok: bool) -> int | float | None:
+    """`value` as the field's number (an int field refuses 2.5), or None when it is not one."""
     try:
-        if "float" in kinds and isinstance(value, int | float | str) and not isinstance(value, bool):
+        if float_ok:
             return float(value)
-        if "int" in kinds and isinstance(value, int | str) and not isinstance(value, bool):
-            return int(value)
+        if isinstance(value, float):
+            return None
+        return int(value)
     except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if kinds & {"int", "float", "bool"} and not kinds & {"str", "Any"}:
-        raise ConfigError(f"{name}: expected {f.type}, got {value!r}")
-    return value
+        return None
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _dataclass_type(f: dataclasses.Field):
@@ -190,13 +259,21 @@ def to_dict(cfg) -> dict:
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
+    """Set `a.b.c` in the nested dict; a mapping value merges field by field into the section it names, so
+    `{"pretrain": {"epochs": 1}}` changes the epochs and keeps the recipe's other pre-training settings."""
+    parts = str(key).split(".")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
-    node[parts[-1]] = value
+    if not isinstance(value, dict):
+        node[parts[-1]] = value
+        return
+    if not isinstance(node.get(parts[-1]), dict):
+        node[parts[-1]] = {}
+    for sub_key, sub_value in value.items():
+        _set_dotted(node[parts[-1]], str(sub_key), sub_value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -204,7 +281,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line from a YAML error: what is wrong and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -229,13 +317,39 @@ def load(recipe: str | os.PathLike | None = None, overrides: list[str] | dict | 
     data: dict = {}
     if recipe is not None:
         path = recipe_path(str(recipe))
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the recipe ({e.__class__.__name__}: {e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections")
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
         _set_dotted(data, key, value)
     return _from_dict(RecipeConfig, data)
+
+
+def differences(before: dict, now: dict, *, prefix: str = "", limit: int = 5) -> str:
+    """The fields that differ between two config dicts, named for a person: `pretrain.lr 0.001 -> 0.03, ...`."""
+    out: list[str] = []
+    _collect_differences(before, now, prefix, out)
+    more = f" and {len(out) - limit} more" if len(out) > limit else ""
+    return ", ".join(out[:limit]) + more
+
+
+def _collect_differences(before: Any, now: Any, prefix: str, out: list[str]) -> None:
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in list(now) + [k for k in before if k not in now]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            _collect_differences(before.get(key), now.get(key), name, out)
+    elif before != now:
+        out.append(f"{prefix or 'value'} {before!r} -> {now!r}")
+
+
+# Settings of the input pipeline only: a run resumed on another machine may change them.
+RUNTIME_FIELDS = ("data.workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor")
 
 
 def from_dict(data: dict) -> RecipeConfig:

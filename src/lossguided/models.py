@@ -6,13 +6,32 @@ so this module gives both halves of a timm model: `pre_logits` (features) and `c
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import functools
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import timm
 import torch
 from torch import nn
 
 PAPER_BACKBONES = ("resnet101", "resnext101_32x8d", "resnest101e", "res2net101_26w_4s", "tf_efficientnet_b7")
+HUB_PROBE_SECONDS = 1.5
+
+
+def check_model_name(name: str) -> None:
+    """A timm model name (with or without a pretrained tag such as `.a1_in1k`), or a one-line error with the
+    closest names (`resnet10` -> did you mean 'resnet10t'?)."""
+    from lossguided.config import ConfigError
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"e.g. {', '.join(PAPER_BACKBONES)}"
+        raise ConfigError(f"unknown timm model {name!r}: {hint} (all: timm.list_models('*pattern*'))")
 
 
 def create_model(
@@ -23,17 +42,74 @@ def create_model(
     pretrained_path: str | os.PathLike | None = None,
 ) -> nn.Module:
     """A timm model with a fresh `num_classes` head. ImageNet weights come through timm's own loading
-    (`pretrained=True`, needs the hub) or from a local file (`pretrained_path`: .safetensors, .pth or .bin;
-    loaded without executing code, the ImageNet classifier is dropped)."""
-    if name not in timm.list_models() and not timm.is_model(name):
-        from lossguided.config import ConfigError
-
-        raise ConfigError(f"unknown timm model {name!r}; see timm.list_models('*pattern*'), e.g. {PAPER_BACKBONES}")
+    (`pretrained=True`: the hub, or its local cache when the hub cannot be reached) or from a local file
+    (`pretrained_path`: .safetensors, .pth or .bin; loaded without executing code, the ImageNet classifier is
+    dropped)."""
+    check_model_name(name)
     kwargs = {}
     if pretrained_path is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path), "num_classes": 1000}
-        pretrained = True
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    with _offline_unless_reachable() as host:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        except OSError as e:
+            if host is None:
+                raise
+            from lossguided.config import ConfigError
+
+            raise ConfigError(
+                f"ImageNet weights for {name!r} are not in the local cache and the hub ({host}) cannot be reached; "
+                "pass --pretrained-path FILE or --no-pretrained"
+            ) from e
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable() -> Iterator[str | None]:
+    """Offline, huggingface_hub retries for about a minute before giving up. One quick connection test instead:
+    when the hub cannot be reached, timm's loading runs in the hub's offline mode (the local cache still serves
+    weights downloaded before). Yields the unreachable host, or None when the hub is used as usual."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        yield None
+        return
+    host = _unreachable_host()
+    if host is None:
+        yield None
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield host
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+@functools.cache
+def _unreachable_host() -> str | None:
+    """The hub's host (or the HTTPS proxy's) when a TCP connection to it fails within HUB_PROBE_SECONDS, else None.
+    Runs in a thread so that a resolver that hangs cannot hold the caller longer."""
+    from huggingface_hub import constants
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy or constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS):
+                reached.append(True)
+        except OSError:
+            reached.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return None if reached and reached[0] else host
 
 
 def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from lossguided import stages
-from lossguided.config import ConfigError, RecipeConfig, from_dict, to_dict
+from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differences, from_dict, to_dict
 from lossguided.engine.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
 from lossguided.losstable import LossTable
@@ -52,9 +52,10 @@ def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
         before = to_dict(from_dict(yaml.safe_load(saved.read_text())))  # fields added since then take defaults
         now = to_dict(cfg)
         before["ensemble"] = now["ensemble"]  # the ensemble only adds a last stage: it may change between runs
+        for section, name in (key.split(".") for key in RUNTIME_FIELDS):  # may differ on another machine
+            before[section][name] = now[section][name]
         if before != now:
-            diff = [k for k in now if before.get(k) != now[k]]
-            raise ConfigError(f"{out_dir}: holds a run with other settings (sections {diff}); "
+            raise ConfigError(f"{out_dir}: holds a run with other settings ({differences(before, now)}); "
                               "use a new --out or the same settings")  # fmt: skip
 
 

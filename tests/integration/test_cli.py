@@ -181,6 +181,6 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
     assert main(["run", "nope-recipe", "--out", str(tmp_path / "x")]) == 2
     assert "recipe 'nope-recipe' not found; shipped recipes: ['cpu-small', 'paper']" in capsys.readouterr().err
     assert main([*args[:-2], "--set", "refine.bandz=[1-5]"]) == 2
-    assert "unknown key refine.'bandz'" in capsys.readouterr().err
+    assert "unknown key 'refine.bandz' (did you mean 'bands'?)" in capsys.readouterr().err
     assert main([*args[:-2], "--set", "refine.rounds=3"]) == 2  # same folder, other settings: refuse to mix
-    assert "holds a run with other settings (sections ['refine'])" in capsys.readouterr().err
+    assert "holds a run with other settings (refine.rounds 2 -> 3)" in capsys.readouterr().err
