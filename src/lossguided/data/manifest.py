@@ -8,11 +8,17 @@ line naming the file and row, before any training starts.
 from __future__ import annotations
 
 import csv
+import functools
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from lossguided.data.csvread import CsvError, mark_checked, read_columns, was_checked
+from lossguided.data.strings import StringColumn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -29,7 +35,12 @@ class ClassMap:
 
     @classmethod
     def from_labels(cls, labels: np.ndarray) -> ClassMap:
-        unique = sorted({str(x) for x in labels})
+        return cls.from_names({str(x) for x in labels})
+
+    @classmethod
+    def from_names(cls, names: Sequence[str] | set[str]) -> ClassMap:
+        """From the distinct label names: sorted, numerically when all are integers."""
+        unique = sorted(set(names))
         if all(_is_int(x) for x in unique):
             unique.sort(key=int)
         return cls(tuple(unique))
@@ -37,16 +48,37 @@ class ClassMap:
     def __len__(self) -> int:
         return len(self.names)
 
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+    def index_of(self, names: Sequence[str]) -> np.ndarray:
+        """Class index of each name [len(names)] int64; -1 where a name is not in the map."""
+        index = self._index
+        return np.fromiter((index.get(str(x), -1) for x in names), dtype=np.int64, count=len(names))
+
     def encode(self, labels: np.ndarray, *, source: str = "<labels>", rows: np.ndarray | None = None) -> np.ndarray:
-        """Label names -> indices [N]; an unknown name is an error naming the file and row."""
-        index = {name: i for i, name in enumerate(self.names)}
-        out = np.empty(len(labels), dtype=np.int64)
-        for i, name in enumerate(labels):
-            j = index.get(str(name))
-            if j is None:
-                row = rows[i] if rows is not None else i
-                raise DataError(f"{source}: row {row}: label {name!r} is not in the class map ({len(self)} classes)")
-            out[i] = j
+        """Label names -> indices [N]; an unknown name is an error naming the file and row. Each distinct name is
+        looked up once (one `np.unique`), not each row."""
+        labels = np.asarray(labels, dtype=object)
+        if len(labels) == 0:
+            return np.zeros(0, dtype=np.int64)
+        uniq, codes = np.unique(labels.astype(str), return_inverse=True)
+        return self.encode_codes(uniq.tolist(), codes.ravel(), source=source, rows=rows)
+
+    def encode_codes(
+        self, names: Sequence[str], codes: np.ndarray, *, source: str = "<labels>", rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Dictionary-encoded labels (row i has label `names[codes[i]]`) -> class indices [N] int64."""
+        mapped = self.index_of(names)
+        out = mapped[codes]
+        bad = np.flatnonzero(out < 0)
+        if len(bad):
+            i = int(bad[0])
+            row = rows[i] if rows is not None else i
+            raise DataError(
+                f"{source}: row {row}: label {names[codes[i]]!r} is not in the class map ({len(self)} classes)"
+            )
         return out
 
 
@@ -64,7 +96,8 @@ class Manifest:
 
     `true_labels` is known only for benchmarks made noisy on purpose; it is used to score noise detection.
     `store` is a preprocessed folder (`lossguided preprocess`) that holds every sample's pixels by id; `paths` then
-    name the original files (for people and loss tables), which need not exist any more.
+    name the original files (for people and loss tables), which need not exist any more. `paths` is held as a
+    `StringColumn` (one byte buffer + offsets; see `data.strings`): a list or object array given here is converted.
     """
 
     ids: np.ndarray
@@ -83,6 +116,11 @@ class Manifest:
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.paths is not None and not isinstance(self.paths, StringColumn):
+            try:
+                self.paths = StringColumn.from_strings(self.paths)
+            except ValueError as e:
+                raise DataError(f"{self.source}: path {e}") from None
         n = len(self.ids)
         for name in ("labels", "paths", "images", "true_labels"):
             value = getattr(self, name)
@@ -131,9 +169,9 @@ class Manifest:
         """Re-encode labels through another class map (e.g. a checkpoint's); unknown labels are errors."""
         if classes == self.classes:
             return self
-        names = np.array(self.classes.names, dtype=object)
-        labels = classes.encode(names[self.labels], source=self.source, rows=self.rows)
-        true = None if self.true_labels is None else classes.encode(names[self.true_labels], source=self.source)
+        names = self.classes.names
+        labels = classes.encode_codes(names, self.labels, source=self.source, rows=self.rows)
+        true = None if self.true_labels is None else classes.encode_codes(names, self.true_labels, source=self.source)
         return Manifest(
             ids=self.ids,
             labels=labels,
@@ -164,69 +202,99 @@ def read_csv(
     classes: ClassMap | None = None,
     check_files: bool = True,
     builtin_prefixes: tuple[str, ...] = (),
+    cache_dir: str | os.PathLike | None = None,
 ) -> Manifest:
     """Read `path,label[,id]` (header required). Rows are numbered as a spreadsheet shows them (header = row 1).
 
     Without `id`, a sample's id is its 0-based data row number. Without `classes`, the class map comes from the labels.
     Paths starting with one of `builtin_prefixes` name a built-in dataset's image (`fashion-mnist:train#123`) and
-    are kept as written, for the caller to resolve.
+    are kept as written, for the caller to resolve. The columns are read in bulk and cached by the CSV's content hash
+    (`data.csvread`); with `check_files`, every image's existence is checked once per CSV content and folder (one
+    listing per image folder, in parallel), and the cache remembers that it passed.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in ("path", "label") if c not in header]
-        if missing:
-            raise DataError(f"{path}: row 1: missing column(s) {missing}; the header must have path,label[,id]")
-        records = list(reader)
-    if not records:
+    try:
+        cols = read_columns(path, cache_dir=cache_dir)
+    except CsvError as e:
+        raise DataError(str(e)) from None
+    if not len(cols):
         raise DataError(f"{path}: no samples")
-    rows = np.arange(2, len(records) + 2)
-    root = path.parent
-    paths, labels, ids = [], [], []
-    has_id = "id" in header
-    for row, rec in zip(rows, records, strict=True):
-        p, lab = (rec.get("path") or "").strip(), (rec.get("label") or "").strip()
-        if not p:
-            raise DataError(f"{path}: row {row}: empty path")
-        if not lab:
-            raise DataError(f"{path}: row {row}: empty label")
-        if builtin_prefixes and p.startswith(builtin_prefixes):
-            paths.append(p)
-        else:
-            full = Path(p) if os.path.isabs(p) else root / p
-            if check_files and not full.is_file():
-                raise DataError(f"{path}: row {row}: image not found: {full}")
-            paths.append(str(full))
-        labels.append(lab)
-        if has_id:
-            try:
-                ids.append(int(rec["id"]))
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: row {row}: id {rec.get('id')!r} is not an integer") from None
-    label_arr = np.array(labels, dtype=object)
-    classes = classes or ClassMap.from_labels(label_arr)
+    rows = np.arange(2, len(cols) + 2)
+    classes = classes or ClassMap.from_names(cols.label_names)
+    labels = classes.encode_codes(cols.label_names, cols.label_codes, source=str(path), rows=rows)
+    paths, is_file = _resolve(cols.paths, path.parent, builtin_prefixes)
+    if check_files:
+        key = f"files-exist:{os.path.abspath(path.parent)}"
+        if not was_checked(cols.cache, key):
+            check_files_exist(paths, is_file, source=str(path), rows=rows)
+            mark_checked(cols.cache, key)
     return Manifest(
-        ids=np.array(ids, dtype=np.int64) if has_id else rows - 2,
-        labels=classes.encode(label_arr, source=str(path), rows=rows),
+        ids=cols.ids if cols.ids is not None else rows - 2,
+        labels=labels,
         classes=classes,
         source=str(path),
-        paths=np.array(paths, dtype=object),
+        paths=paths,
         rows=rows,
     )
 
 
+def _resolve(raw: StringColumn, root: Path, builtin_prefixes: tuple[str, ...]) -> tuple[StringColumn, np.ndarray]:
+    """Paths relative to the CSV's folder, as a column with that folder as its prefix (stored once), and which rows
+    are files (not built-in names). Absolute paths and built-in names are kept as written."""
+    builtin = raw.startswith_any(builtin_prefixes) if builtin_prefixes else np.zeros(len(raw), dtype=bool)
+    absolute = raw.startswith_any((os.sep,))
+    prefix = "" if str(root) == "." else str(root) + os.sep
+    if not prefix or not (builtin | absolute).any():
+        return StringColumn(raw.buffer, raw.offsets, prefix), ~builtin
+    keep = builtin | absolute
+    return StringColumn.from_strings([p if k else prefix + p for p, k in zip(raw, keep, strict=True)]), ~builtin
+
+
+def check_files_exist(
+    paths: StringColumn, which: np.ndarray | None = None, *, source: str, rows: np.ndarray, threads: int = 16
+) -> None:
+    """Every path (where `which` is True) names a file: one directory listing per folder, listed in parallel, in
+    place of one stat per image. The first missing file is an error naming its row."""
+    runs: list[tuple[str, int, int]] = []  # (folder, first, stop): rows are usually grouped by folder
+    for i, p in enumerate(paths):
+        folder = p.rpartition(os.sep)[0]
+        if not runs or runs[-1][0] != folder:
+            runs.append((folder, i, i + 1))
+        else:
+            runs[-1] = (folder, runs[-1][1], i + 1)
+    folders = sorted({r[0] for r in runs})
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        listing = dict(zip(folders, pool.map(_files_in, folders), strict=True))
+    for folder, first, stop in runs:
+        files = listing[folder]
+        for i in range(first, stop):
+            if which is not None and not which[i]:
+                continue
+            p = paths[i]
+            if p.rpartition(os.sep)[2] not in files:
+                raise DataError(f"{source}: row {rows[i]}: image not found: {p}")
+
+
+def _files_in(folder: str) -> frozenset[str]:
+    try:
+        with os.scandir(folder or ".") as it:
+            return frozenset(e.name for e in it if e.is_file())
+    except OSError:
+        return frozenset()
+
+
 def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = None) -> Manifest:
-    """`root/<class>/<image>`; ids number the files in sorted (class, file) order, so they are stable."""
+    """`root/<class>/<image>`; ids number the files in sorted (class, file) order, so they are stable. Hidden
+    folders and files (a leading '.', e.g. `.ipynb_checkpoints`, `.DS_Store`) are not classes or images."""
     root = Path(root)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class folders")
     paths, labels = [], []
     for d in class_dirs:
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
         if not files:
             raise DataError(f"{d}: empty class folder (no images with extensions {IMAGE_EXTENSIONS})")
         paths += [str(f) for f in files]
@@ -238,7 +306,7 @@ def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = Non
         labels=classes.encode(label_arr, source=str(root)),
         classes=classes,
         source=str(root),
-        paths=np.array(paths, dtype=object),
+        paths=StringColumn.from_strings(paths),
     )
 
 

@@ -32,7 +32,7 @@ def load_manifest(
         return read_image_folder(path, classes=classes)
     if path.suffix.lower() == ".csv" or path.is_file():
         manifest = read_csv(path, classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
-        if any(str(p).startswith(fashion_mnist.PATH_PREFIX) for p in manifest.paths):  # e.g. `select`'s output
+        if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():  # e.g. `select`'s output
             options = fashion_mnist_options or fashion_mnist.FashionMnistOptions()
             manifest = fashion_mnist.resolve_paths(manifest, options)
             return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
