@@ -1,4 +1,6 @@
-"""Atomic file writes: every artifact appears whole or not at all, so a killed run never leaves half a file."""
+"""Atomic file writes: every artifact appears whole or not at all, so a killed run never leaves half a file, and a
+full disk is one line naming the file (`disk.DiskFullError`), never a traceback or a mix of old and new files.
+Also the spreadsheet-safe CSV cell (`safe_cell`) that the CSVs people open in Excel are written with."""
 
 from __future__ import annotations
 
@@ -15,22 +17,52 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed over `path` (same filesystem, so atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EFBIG of a file size limit, EDQUOT) met inside the block into `DiskFullError`
+    naming `path`; also when the OSError hides behind another error (torch.save's 'unexpected pos')."""
     try:
-        yield tmp_path
+        yield
+    except (OSError, RuntimeError) as e:
+        from lossguided.disk import disk_full, is_disk_full
+
+        if is_disk_full(e):
+            raise disk_full(path, e) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temporary paths beside each of `paths`; when the block succeeds they are renamed over `paths` in order.
+
+    Every file is written before the first rename, so a full disk (or any error) while writing leaves all the old
+    files in place: files that must stay in step (best.pt, last.pt, metrics.jsonl) never mix two epochs.
+    """
+    finals = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        with disk_errors(finals[0] if len(finals) == 1 else finals[0].parent):
+            for final in finals:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+                os.close(fd)
+                tmps.append(Path(tmp))
+            yield tmps
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files owner-only; artifacts get ordinary permissions
-        os.replace(tmp_path, path)
+        for tmp, final in zip(tmps, finals, strict=True):
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files owner-only; artifacts get ordinary permissions
+            os.replace(tmp, final)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed over `path` (same filesystem, so atomic)."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
@@ -57,7 +89,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one line; a line is small enough that a crash can at worst lose it, never corrupt earlier ones."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with disk_errors(path), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -67,3 +99,25 @@ def write_npz(file: str | os.PathLike, /, **arrays: np.ndarray) -> None:
     with atomic_path(file) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+# -- CSV cells a spreadsheet will not run (OWASP "CSV injection") -------------------------------------------------
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def _needs_quote(text: str) -> bool:
+    """Starts like a formula, or is a quote followed by something that does (so that `unsafe_cell` is exact)."""
+    return text.startswith(_FORMULA_START) or (text.startswith("'") and _needs_quote(text[1:]))
+
+
+def safe_cell(value: object) -> object:
+    """A text cell that Excel/LibreOffice would run as a formula (`=cmd|' /C calc'!A0`) gets a leading `'`, as
+    OWASP recommends; numbers and other cells are returned unchanged. `unsafe_cell` undoes it exactly."""
+    if isinstance(value, str) and _needs_quote(value):
+        return "'" + value
+    return value
+
+
+def unsafe_cell(text: str) -> str:
+    """The inverse of `safe_cell` for a cell read back from a CSV we wrote (or a person edited)."""
+    return text[1:] if text.startswith("'") and _needs_quote(text[1:]) else text

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lossguided.data.decode import decode_bytes, decode_image, resize_uint8
 from lossguided.data.manifest import ClassMap, DataError, Manifest
-from lossguided.io import atomic_path, write_json, write_npz
+from lossguided.io import atomic_path, disk_errors, write_json, write_npz
 
 log = logging.getLogger("lossguided")
 
@@ -155,7 +155,11 @@ class _ShardWriter:
 
     def close(self) -> None:
         if self.f is not None:
-            self.f.close()
+            try:
+                self.f.close()  # flushing an unfinished shard on a full disk fails again: it is removed anyway
+            except OSError:
+                pass
+            self.f = None
             self.tmp.unlink(missing_ok=True)
 
     def finalize(self, out: Path) -> int:
@@ -171,10 +175,17 @@ class _MemmapWriter:
         return path.is_file() and path.stat().st_size == n * size * size * channels
 
     def __init__(self, out: Path, n: int, size: int, channels: int) -> None:
+        from lossguided.disk import preallocate
+
         self.path = out / (MEMMAP_FILE + ".partial")
-        if not self.valid(out, n, size, channels):
-            with open(self.path, "wb") as f:
-                f.truncate(n * size * size * channels)  # sparse: takes disk space only as rows are written
+        nbytes = n * size * size * channels
+        with disk_errors(self.path):
+            if not self.valid(out, n, size, channels):
+                with open(self.path, "wb") as f:
+                    f.truncate(nbytes)
+            # A write through the map into a sparse file on a full disk is SIGBUS, not an error: reserve it now.
+            with open(self.path, "r+b") as f:
+                preallocate(f.fileno(), nbytes, path=self.path)
         self.mm = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(n, size, size, channels))
 
     def start(self, k: int, rows: np.ndarray) -> None:
@@ -270,25 +281,26 @@ def preprocess(
                    dynamic_ncols=True)  # fmt: skip
         current, bad, rows, ok = None, [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
         try:
-            for row, payload, error in loader:
-                k = row // shard_size
-                if k != current:
-                    if current is not None:
-                        _finish_shard(writer, part_path(current), rows, ok, bad)
-                    current, bad = k, []
-                    rows = np.arange(k * shard_size, min(n, (k + 1) * shard_size))
-                    ok = np.zeros(len(rows), dtype=bool)
-                    writer.start(k, rows)
-                if error is not None:
-                    if not skip_bad_images:
-                        raise DataError(f"{error}; fix or remove it, or pass --skip-bad-images to leave it out")
-                    bad.append((row, error))
-                else:
-                    writer.put(row, payload)
-                    ok[row - rows[0]] = True
-                bar.update()
-            if current is not None:
-                _finish_shard(writer, part_path(current), rows, ok, bad)
+            with disk_errors(out):
+                for row, payload, error in loader:
+                    k = row // shard_size
+                    if k != current:
+                        if current is not None:
+                            _finish_shard(writer, part_path(current), rows, ok, bad)
+                        current, bad = k, []
+                        rows = np.arange(k * shard_size, min(n, (k + 1) * shard_size))
+                        ok = np.zeros(len(rows), dtype=bool)
+                        writer.start(k, rows)
+                    if error is not None:
+                        if not skip_bad_images:
+                            raise DataError(f"{error}; fix or remove it, or pass --skip-bad-images to leave it out")
+                        bad.append((row, error))
+                    else:
+                        writer.put(row, payload)
+                        ok[row - rows[0]] = True
+                    bar.update()
+                if current is not None:
+                    _finish_shard(writer, part_path(current), rows, ok, bad)
         finally:
             bar.close()
             writer.close()

@@ -290,9 +290,11 @@ class FeatureWriter:
         with atomic_path(path / FEATURES_FILE) as tmp:
             features = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, weight.shape[1]))
             features.flush()
+            _reserve(tmp, path / FEATURES_FILE)
         with atomic_path(path / IDS_FILE) as tmp:
             ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(n_rows,))
             ids.flush()
+            _reserve(tmp, path / IDS_FILE)
         _write_meta(path, meta)  # last: its presence marks the directory as started
         return cls(path, meta, features, ids)
 
@@ -380,6 +382,15 @@ class FeatureWriter:
         self.meta["complete"] = True
         _write_meta(self.path, self.meta)
         return open_features(self.path)
+
+
+def _reserve(tmp: Path, final: Path) -> None:
+    """Give a new memmap file its disk blocks now: a write through the map into a sparse file on a full disk kills
+    the process with SIGBUS; reserving first makes it a one-line DiskFullError naming the file."""
+    from lossguided.disk import preallocate
+
+    with open(tmp, "r+b") as f:
+        preallocate(f.fileno(), os.fstat(f.fileno()).st_size, path=final)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
