@@ -1,16 +1,34 @@
 """Torch datasets over a manifest. Each item is `(uint8 image [C,S,S], label, id)`: the id travels with the sample
-so that everything recorded per sample (losses, features) is keyed by it, whatever the sampler or the rank."""
+so that everything recorded per sample (losses, features) is keyed by it, whatever the sampler or the rank.
+
+`check_images` decodes every image file once before any training (in parallel, remembered per manifest content),
+so a broken body, a decompression bomb or a corrupt JPEG stops the run before its first step with the file and row,
+or, when skipping bad images, is left out, counted and listed. In-memory data needs no check.
+"""
 
 from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from lossguided.data.decode import BAD_IMAGE_ERRORS, verify_image
 from lossguided.data.decode import decode_image as _decode_image
 from lossguided.data.manifest import DataError, Manifest
+from lossguided.io import atomic_path, safe_cell, write_json
+
+log = logging.getLogger("lossguided")
+CHECK_VERSION = 1  # bump when verify_image starts catching more, so remembered checks are redone
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
@@ -33,8 +51,10 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, i: int):
         try:
             img = decode_image(self.paths[i], self.image_size)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f"{self.paths[i]}: id {self.ids[i]}: cannot decode image ({e})") from None
+        except BAD_IMAGE_ERRORS as e:
+            raise DataError(
+                f"{self.paths[i]}: id {self.ids[i]}: cannot decode image ({type(e).__name__}: {e})"
+            ) from None
         return img, int(self.labels[i]), int(self.ids[i])
 
 
@@ -81,14 +101,130 @@ def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
         ImageFileDataset(manifest, image_size=image_size)  # fmt: skip
 
 
-def check_images(manifest: Manifest) -> None:
-    """Open every image's header before training, so an unreadable file fails now with its row, not in a worker."""
-    if manifest.paths is None or getattr(manifest, "store", None) is not None:  # preprocessed: checked when written
-        return
-    for i, p in enumerate(manifest.paths):
+class BadImage(NamedTuple):
+    source: str  # the manifest
+    row: int  # its row (as a spreadsheet numbers it), or the position for sources without rows
+    id: int
+    path: str
+    error: str
+
+    def line(self) -> str:
+        return f"{self.source}: row {self.row}: id {self.id}: unreadable image {self.path} ({self.error})"
+
+
+def check_images(
+    manifest: Manifest,
+    *,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[Manifest, list[BadImage]]:
+    """Decode every image file of `manifest` in full, once, before training (`workers` processes).
+
+    A bad image raises DataError naming the manifest, row, id and file; with `skip_bad` the readable samples are
+    returned with the list of the bad ones (log it, and `write_bad_images` it into the run folder). The outcome is
+    remembered under `cache_dir` (default `$LOSSGUIDED_CACHE` or ~/.cache/lossguided) by a hash of the paths, sizes
+    and modification times, so the next stage on the same files costs one `stat` per file.
+    """
+    if manifest.paths is None or getattr(manifest, "store", None) is not None:  # in memory, or checked when written
+        return manifest, []
+    paths = [str(p) for p in manifest.paths]
+    key, missing = _content_key(paths)
+    if missing is not None:
+        pos, e = missing
+        bad = [_bad(manifest, pos, f"{type(e).__name__}: {e.strerror or e}")]
+    else:
+        cache = _cache_file(key, cache_dir)
+        bad = _read_cache(cache, manifest)
+        if bad is None:
+            errors = _verify_all(paths, workers)
+            bad = [_bad(manifest, pos, err) for pos, err in enumerate(errors) if err is not None]
+            try:
+                write_json(
+                    cache, {"version": CHECK_VERSION, "images": len(paths), "bad": [[b.id, b.error] for b in bad]}
+                )
+            except (OSError, DataError) as e:  # a read-only or full home: the check just is not remembered
+                log.debug("could not remember the image check in %s (%s)", cache, e)
+    if not bad:
+        return manifest, []
+    if not skip_bad:
+        more = f" ({len(bad) - 1} more bad images)" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0].line()}{more}; fix or remove it, or pass --skip-bad-images to leave it out")
+    keep = np.ones(len(manifest), dtype=bool)
+    keep[manifest.positions_of(np.array([b.id for b in bad], dtype=np.int64))] = False
+    if not keep.any():
+        raise DataError(f"{manifest.source}: no image could be decoded (first: {bad[0].line()})")
+    log.warning(
+        "%s: left out %d of %d images that cannot be decoded (first: %s)",
+        manifest.source,
+        len(bad),
+        len(manifest),
+        bad[0].line(),
+    )
+    return manifest.subset(np.flatnonzero(keep)), bad
+
+
+def write_bad_images(path: str | os.PathLike, bad: list[BadImage]) -> None:
+    """The skipped images as CSV (source, source_row, id, path, error), safe to open in a spreadsheet."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "source_row", "id", "path", "error"])
+        w.writerows([safe_cell(b.source), b.row, b.id, safe_cell(b.path), safe_cell(b.error)] for b in bad)
+
+
+def one_line_worker_error(e: DataError) -> DataError:
+    """A DataLoader worker's DataError arrives in the main process with the worker's traceback as its message;
+    keep only our line (the last one), so the user sees one line."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = text.rstrip().splitlines()[-1]
+    return type(e)(last.split(": ", 1)[1] if last.startswith(("lossguided.", "DataError")) else last)
+
+
+def _bad(manifest: Manifest, pos: int, error: str) -> BadImage:
+    row = int(manifest.rows[pos]) if manifest.rows is not None else pos
+    return BadImage(manifest.source, row, int(manifest.ids[pos]), str(manifest.paths[pos]), error)
+
+
+def _content_key(paths: list[str]) -> tuple[str, tuple[int, OSError] | None]:
+    """Hash of every path with its size and mtime; or the first file that cannot be stat'ed."""
+    h = hashlib.sha256(f"lossguided image check v{CHECK_VERSION}\0".encode())
+    for pos, p in enumerate(paths):
         try:
-            with Image.open(p) as img:
-                img.size  # noqa: B018 - reading the header is the check
-        except (OSError, UnidentifiedImageError) as e:
-            row = manifest.rows[i] if manifest.rows is not None else i
-            raise DataError(f"{manifest.source}: row {row}: id {manifest.ids[i]}: unreadable image {p} ({e})") from None
+            st = os.stat(p)
+        except OSError as e:
+            return "", (pos, e)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest(), None
+
+
+def _cache_file(key: str, cache_dir: str | os.PathLike | None) -> Path:
+    root = (
+        cache_dir
+        or os.environ.get("LOSSGUIDED_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
+    )
+    return Path(root) / "image-checks" / f"{key}.json"
+
+
+def _read_cache(path: Path, manifest: Manifest) -> list[BadImage] | None:
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("version") != CHECK_VERSION or saved.get("images") != len(manifest):
+            return None
+        pos = manifest.positions_of(np.array([i for i, _ in saved["bad"]], dtype=np.int64))
+        return [_bad(manifest, int(p), err) for p, (_, err) in zip(pos, saved["bad"], strict=True)]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _verify_all(paths: list[str], workers: int | None) -> list[str | None]:
+    """verify_image over `paths`, in worker processes when there are many (libjpeg's warnings go to fd 2, which
+    threads would share)."""
+    workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(paths) // 64)
+    if workers <= 1:
+        return [verify_image(p) for p in paths]
+    log.info("checking %d images (a full decode each, %d processes; remembered for the next run)", len(paths), workers)
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(verify_image, paths, chunksize=max(1, min(256, len(paths) // (workers * 8)))))

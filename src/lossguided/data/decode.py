@@ -18,7 +18,14 @@ What it does, and why (measured on 600-1600 px product-photo JPEGs, one core; `b
   (a box pre-reduction) are not used: after the draft the remaining factor is below 2 for any photo up to 2048 px
   (where they buy nothing), and for other formats we keep the exact filter of the baseline.
 * **Other formats** (PNG, WebP, BMP, GIF, TIFF, ...) are decoded in full by Pillow and take the same resize. Any
-  mode (grayscale, palette, RGBA, CMYK, 16-bit) is converted to RGB as the baseline's ``convert("RGB")`` does.
+  mode (grayscale, palette, RGBA, CMYK) is converted to RGB as the baseline's ``convert("RGB")`` does, except
+  16-bit grayscale (Pillow's ``I;16``): ``convert`` clips it at 255, so nearly every pixel turned white (torchvision
+  does the same); here its top 8 bits are kept, the same scaling Pillow applies to 16-bit RGB.
+* **Hostile files**: an image declaring more than twice Pillow's ``MAX_IMAGE_PIXELS`` (a decompression bomb, e.g.
+  30000 x 30000 in 1 MB) is refused before any pixel is allocated (``DecompressionBombError``, one of
+  ``BAD_IMAGE_ERRORS``). ``verify_image`` decodes a file in full once, before training, and also catches what a
+  decode alone lets through: libjpeg repairs a damaged JPEG with grey blocks and only warns ("Corrupt JPEG data"),
+  which Pillow never shows, so JPEGs are checked through libjpeg's warnings (via torchvision) as well.
 * **EXIF orientation is not applied** (no ``ImageOps.exif_transpose``): the baseline (torchvision's ImageFolder
   loader, which the paper's pipeline is) ignores the tag, so the decoded pixels keep the stored orientation, and the
   preprocessed formats store exactly what this function returns; training and evaluation therefore always see
@@ -32,12 +39,28 @@ What it does, and why (measured on 600-1600 px product-photo JPEGs, one core; `b
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 DRAFT_GAP = 1.0  # JPEGs are DCT-scaled to at least DRAFT_GAP * size a side (see the module doc for the trade-off)
+# What an unreadable or hostile file raises from Pillow: truncated or broken bodies (OSError), unknown formats
+# (UnidentifiedImageError is an OSError), bad headers (ValueError, SyntaxError, struct.error is a ValueError...),
+# decompression bombs (DecompressionBombError is none of those).
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError)
+_MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode -> RGB; 16-bit grayscale keeps its top 8 bits (convert('RGB') would clip it to white)."""
+    if img.mode in _MODES_16:
+        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), mode="L")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resize_uint8(x: torch.Tensor, size: int, *, extent: tuple[float, float] | None = None) -> torch.Tensor:
@@ -64,7 +87,7 @@ def resize_uint8(x: torch.Tensor, size: int, *, extent: tuple[float, float] | No
 def decode_image(path, size: int) -> torch.Tensor:
     """Open, decode and resize one image file (a path or a binary file object) to uint8 RGB [3,size,size].
 
-    Raises Pillow's errors (OSError, UnidentifiedImageError, ValueError, ...) for an unreadable file.
+    Raises one of `BAD_IMAGE_ERRORS` for an unreadable or hostile file.
     """
     with Image.open(path) as img:
         extent = None
@@ -74,8 +97,7 @@ def decode_image(path, size: int) -> torch.Tensor:
             if drafted is not None:
                 box = drafted[1]  # (0, 0, W / scale, H / scale) in the scaled image
                 extent = (float(box[3]), float(box[2]))
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = to_rgb(img)
         arr = np.array(img)  # one writable copy of the decoded pixels, HWC
     x = torch.from_numpy(arr).permute(2, 0, 1)  # channels-last [3,H,W] view: what the fast resize kernel wants
     return resize_uint8(x, size, extent=extent)
@@ -90,7 +112,61 @@ def decode_bytes(data: bytes | memoryview, size: int | None = None) -> torch.Ten
 
     with Image.open(io.BytesIO(data)) as img:
         if img.mode not in ("RGB", "L"):
-            img = img.convert("RGB")
+            img = to_rgb(img)
         arr = np.array(img)
     x = torch.from_numpy(arr[..., None] if arr.ndim == 2 else arr).permute(2, 0, 1)
     return x if size is None else resize_uint8(x, size)
+
+
+def verify_image(path: str | os.PathLike) -> str | None:
+    """Decode `path` in full, as training will: None when it is sound, else why not, in a few words.
+
+    Catches bombs, truncated or broken bodies, and JPEGs that libjpeg only warns about (it fills the damage in).
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG":
+                img.load()
+                return None
+        with open(path, "rb") as f:
+            data = f.read()
+        warning = _libjpeg_warning(data)
+        if warning is None:
+            return None
+        if warning:
+            return f"corrupt JPEG data ({warning})"
+        with Image.open(path) as img:  # libjpeg through torchvision refused it: Pillow's verdict counts
+            img.load()
+        return None
+    except BAD_IMAGE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _libjpeg_warning(data: bytes) -> str | None:
+    """libjpeg's warnings while decoding `data` ('' when it refused the file, None when it decoded cleanly).
+
+    libjpeg prints them to the process's stderr (fd 2), so fd 2 points at a temporary file for the call: call it
+    from one thread at a time (the parallel check uses processes).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's image decoding is deprecated; libjpeg is what we want
+            from torchvision.io import decode_jpeg
+    except ImportError:  # pragma: no cover - without torchvision, Pillow's full decode is the check
+        return None
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            except RuntimeError:
+                return ""
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read(500).decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if text else None
