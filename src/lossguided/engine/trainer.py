@@ -4,6 +4,11 @@ Around it, once per epoch: loss recording, validation, a JSONL metrics line, che
 Resuming reads `out_dir/last.pt` (model, optimizer, epoch, step, RNG, recorder) and continues with the next epoch
 (or inside the epoch, after a `save_every_steps` checkpoint),
 so a killed run that is started again finishes as if it had never stopped.
+
+What it refuses: a folder another run holds (`runlock`), a loss or weights that stop being finite (the run ends
+naming the epoch and step, and nothing of that epoch is saved), checkpoints that do not fit on the disk (checked
+before the first byte; best.pt, last.pt and metrics.jsonl are written first and renamed together, so they never
+hold different epochs).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from lossguided import runlock
 from lossguided.config import ConfigError, TrainConfig
+from lossguided.data.datasets import one_line_worker_error
 from lossguided.data.loader import create_loader
-from lossguided.data.manifest import ClassMap
+from lossguided.data.manifest import ClassMap, DataError
 from lossguided.data.transforms import BatchTransform
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import (
@@ -38,9 +45,13 @@ from lossguided.engine.evaluate import evaluate
 from lossguided.engine.loss import create_criterion
 from lossguided.engine.optim import create_optimizer, create_scheduler
 from lossguided.engine.recorder import LossRecorder
-from lossguided.io import append_jsonl, remove_stale_temps, write_text
+from lossguided.io import atomic_paths, remove_stale_temps, write_text
 
 log = logging.getLogger("lossguided")
+
+
+class NonFiniteError(ConfigError):
+    """The loss or the weights stopped being finite: these settings do not train this model (the lr, usually)."""
 
 
 @dataclass
@@ -138,15 +149,21 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.info.is_main,
                    initial=done, total=n_batches, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False,
                    file=sys.stderr)  # fmt: skip
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # batch of the first non-finite loss
         with torch.set_grad_enabled(self.update):
             for i, (images, labels, ids) in enumerate(bar, start=done):
-                total += self.run_step(images, labels, ids) * len(ids)
+                loss = self.run_step(images, labels, ids)
+                total += loss * len(ids)
                 seen += len(ids)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)  # no sync
                 if i % 20 == 0:
+                    self._check_finite(first_bad, i, n_batches)
                     rate = (seen - seen_before) * self.info.world_size / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{total.item() / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
                 if every and (i + 1) % every == 0 and i + 1 < n_batches:
+                    self._check_finite(first_bad, i, n_batches, weights=True)
                     self._save_mid_epoch(i + 1, total, seen)
+        self._check_finite(first_bad, n_batches - 1, n_batches, weights=self.update)
         self.loader.batch_sampler.skip = 0
         seen_now = seen - seen_before
         if self.recorder is not None:
@@ -162,7 +179,51 @@ class Trainer:
         return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen_now / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}  # fmt: skip
 
+    def _check_finite(self, first_bad: torch.Tensor, last: int, n_batches: int, *, weights: bool = False) -> None:
+        """NonFiniteError naming the epoch and step when a loss of this epoch up to batch `last` (or, with
+        `weights`, a weight) is not finite; called before anything is saved, so no checkpoint holds NaN weights."""
+        bad = int(first_bad.item())
+        if bad >= 0:
+            what, batch = "the loss is not finite", bad
+        elif weights and not self._weights_finite():
+            what, batch = "the weights are not finite", last
+        else:
+            return
+        step = self.step - (last - batch) if self.update else self.step
+        raise NonFiniteError(
+            f"{self.out_dir}: training diverged in epoch {self.epoch + 1}, step {step} (batch {batch + 1} of "
+            f"{n_batches}): {what} at lr {self.cfg.lr:g}; nothing of this epoch was saved; try a lower lr"
+        )
+
+    def _weights_finite(self) -> bool:
+        floats = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
+
     def fit(self, *, resume: bool = True) -> FitResult:
+        """Train (or record) the remaining epochs; the folder is this process's for the whole call (`runlock`)."""
+        locked = self._lock()
+        try:
+            return self._fit(resume=resume)
+        except DataError as e:  # a worker's error arrives with its traceback in the message: keep its last line
+            raise one_line_worker_error(e) from None
+        finally:
+            if locked:
+                runlock.release(self.out_dir)
+
+    def _lock(self) -> bool:
+        """The main rank takes the folder's lock; every rank learns the outcome, so all stop together."""
+        error = None
+        if self.info.is_main:
+            try:
+                runlock.acquire(self.out_dir)
+            except runlock.RunFolderBusyError as e:
+                error = str(e)
+        error = all_gather_objects(error)[0]
+        if error is not None:
+            raise runlock.RunFolderBusyError(error)
+        return self.info.is_main
+
+    def _fit(self, *, resume: bool) -> FitResult:
         if self.info.is_main:
             remove_stale_temps(self.out_dir)  # half-written files of a run killed while saving
             if not resume:  # starting over: the old run's epochs must not stay in front of the new ones
@@ -222,18 +283,24 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
 
     def _save_epoch(self, record: dict, improved: bool) -> None:
-        """best.pt, then last.pt, then the metrics line, each written whole: a kill between two of them leaves a
-        last.pt of the previous epoch, so the rerun redoes this epoch and writes all three again."""
+        """best.pt (when improved), last.pt and metrics.jsonl (rebuilt from the history) are all written to
+        temporaries first and then renamed, in that order: a full disk changes none of them, and a kill between two
+        renames leaves a last.pt of the previous epoch, so the rerun redoes this epoch and writes all three again."""
         record = {k: v.item() if hasattr(v, "item") else v for k, v in record.items()}  # plain numbers
         self.history.append(record)
         rngs = all_gather_objects(self._rng_state())  # every rank's generators, so a resumed run flips the same
         if self.info.is_main:
             state = self.state_dict() | {"rng_ranks": rngs}
+            files = [(self.out_dir / "last.pt", state)]
             if improved:
                 drop = ("optimizer", "recorder", "rng", "rng_ranks", "history")
-                checkpoint.save(self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop})
-            checkpoint.save(self.out_dir / "last.pt", state)
-            append_jsonl(self.out_dir / "metrics.jsonl", record)
+                files.insert(0, (self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop}))
+            checkpoint.ensure_room(self.out_dir, [s for _, s in files])
+            metrics = self.out_dir / "metrics.jsonl"
+            with atomic_paths(*(p for p, _ in files), metrics) as tmps:
+                for tmp, (_, s) in zip(tmps, files, strict=False):
+                    checkpoint.write(tmp, s)
+                tmps[-1].write_text("".join(json.dumps(r) + "\n" for r in self.history))
         barrier()
 
     def _save_mid_epoch(self, batches: int, total: torch.Tensor, seen: int) -> None:
