@@ -194,8 +194,9 @@ def png_img(png: bytes, alt: str, element_id: str) -> str:
 
 
 def json_for_script(data: dict) -> str:
-    """JSON safe inside <script type="application/json">: no '</' can close the tag early."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
+    """JSON safe inside <script type="application/json">: every '<' is written as \\u003c, so no text (a class named
+    '</script>' or '<!--<script>', which makes the HTML parser skip the real end tag) can end the data early."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
 
 
 def render_page(run: RunFolder, resolver: ImageResolver, options: ReportOptions = ReportOptions(),
