@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lossguided.data.manifest import Manifest
-from lossguided.io import atomic_path, write_json
+from lossguided.io import atomic_path, safe_cell, write_json
 from lossguided.report import figures
 from lossguided.report.images import _no_bar, array_digest, file_digest, header_size
 
@@ -243,7 +243,7 @@ def _write_rows(path: Path, header: list[str], rows: list[list]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
-        w.writerows(rows)
+        w.writerows([safe_cell(c) for c in r] for r in rows)  # class names and paths: no spreadsheet formulas
 
 
 def load_manifest_for_eda(spec: str, fashion_mnist_options=None) -> Manifest:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lossguided.data.manifest import DataError, Manifest
-from lossguided.io import atomic_path
+from lossguided.io import atomic_path, safe_cell, unsafe_cell
 from lossguided.losstable import LossTable
 
 DROP = "DROP"
@@ -59,7 +59,8 @@ def write_suspects(table: LossTable, out_csv: str | os.PathLike, *, per_class: i
         for r, p in enumerate(pos, 1):
             row = [r, int(table.ids[p]), table.paths[p], names[table.labels[p]], names[table.preds[p]],
                    f"{float(table.losses[p]):.6g}", int(ranks[p]), int(sizes[table.labels[p]])]  # fmt: skip
-            w.writerow(row + ([names[truth[p]]] if truth is not None else []) + [""])
+            row += ([names[truth[p]]] if truth is not None else []) + [""]
+            w.writerow([safe_cell(c) for c in row])  # no cell a spreadsheet runs; read_corrections undoes it
     out = {"out": str(out_csv), "suspects": int(len(pos)), "of": int(len(table))}
     if truth is not None and len(pos):
         out["wrong_label_share_among_suspects"] = float((table.labels[pos] != truth[pos]).mean())
@@ -88,7 +89,8 @@ def read_corrections(path: str | os.PathLike) -> dict[int, tuple[int, str, str |
             if sample_id in out:
                 raise DataError(f"{path}: row {row}: id {sample_id} again (first on row {out[sample_id][0]})")
             given = rec.get("label")
-            out[sample_id] = (row, (rec.get("corrected_label") or "").strip(), given.strip() if given else None)
+            corrected = unsafe_cell((rec.get("corrected_label") or "").strip())
+            out[sample_id] = (row, corrected, unsafe_cell(given.strip()) if given else None)
     return out
 
 
