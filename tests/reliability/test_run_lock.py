@@ -1,0 +1,116 @@
+"""A run folder has one owner: a second process on the same folder stops at once with one line; a lock left by a
+killed run is taken over; the trainer takes the lock by itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from lossguided import runlock
+from lossguided.config import TrainConfig
+from lossguided.data.datasets import make_dataset
+from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.engine.trainer import Trainer
+from lossguided.models import create_model
+
+HOLD = (
+    "import sys, time; from lossguided import runlock; runlock.acquire(sys.argv[1]); print('held', flush=True); "
+    "time.sleep(60)"
+)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process that holds `tmp_path/run` until it is killed."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout.readline().strip() == "held"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def test_second_process_stops_at_once_naming_the_owner(tmp_path, holder):
+    with pytest.raises(runlock.RunFolderBusyError) as e:
+        runlock.acquire(tmp_path / "run")
+    assert f"pid {holder.pid}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_killed_owner_is_taken_over(tmp_path, holder, caplog):
+    os.kill(holder.pid, signal.SIGKILL)  # no `finally`, no release: the lock file keeps its content
+    holder.wait()
+    assert (tmp_path / "run" / runlock.LOCK_FILE).read_text().startswith(f"pid {holder.pid}")
+    with caplog.at_level(logging.WARNING, logger="lossguided"):
+        with runlock.hold(tmp_path / "run"):
+            assert runlock.held(tmp_path / "run")
+    assert "ended without releasing" in caplog.text
+    assert (tmp_path / "run" / runlock.LOCK_FILE).read_text() == ""  # a clean release leaves nothing to take over
+
+
+def test_locks_are_reentrant_in_one_process_and_released(tmp_path):
+    with runlock.hold(tmp_path):
+        with runlock.hold(tmp_path):
+            pass
+        assert runlock.held(tmp_path)
+    assert not runlock.held(tmp_path)
+
+
+def _trainer(out):
+    classes = ClassMap(("a", "b"))
+    m = Manifest(
+        ids=np.arange(8), labels=np.arange(8) % 2, classes=classes, source="mem", images=np.zeros((8, 16, 16), np.uint8)
+    )
+    return Trainer(
+        create_model("test_resnet", num_classes=2),
+        make_dataset(m, image_size=16),
+        classes=classes,
+        cfg=TrainConfig(epochs=1, batch_size=4),
+        out_dir=out,
+    )
+
+
+@pytest.mark.parametrize("command", ["trainer", "cli train"])
+def test_a_held_folder_is_refused_before_any_write(tmp_path, holder, capsys, command):
+    out = tmp_path / "run"
+    if command == "trainer":
+        with pytest.raises(runlock.RunFolderBusyError, match="in use by another lossguided run"):
+            _trainer(out).fit()
+    else:
+        from conftest import write_manifest
+
+        from lossguided.cli import main
+
+        csv_path, _ = write_manifest(tmp_path / "data")
+        rc = main(
+            [
+                "train",
+                "--train",
+                str(csv_path),
+                "--model",
+                "test_resnet",
+                "--no-pretrained",
+                "--epochs",
+                "1",
+                "--image-size",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "in use by another lossguided run" in err, err
+    assert not (out / "last.pt").exists() and not (out / "metrics.jsonl").exists()
+    holder.kill()
+    holder.wait()
+    if command == "trainer":
+        assert _trainer(out).fit().epochs_done == 1  # the owner is gone: the folder is free
