@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lossguided import config as config_mod
+from lossguided import layout
 
 log = logging.getLogger("lossguided")
 
@@ -30,46 +31,120 @@ TRAIN_FLAGS = {
 }  # fmt: skip
 
 
-def _add_data(p: argparse.ArgumentParser, *, train_required: bool = False) -> None:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help: the value when the flag has its own, else the help says where it comes
+    from (the recipe or preset, whose values it names)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if action.option_strings and "default" not in text and default not in (None, False, argparse.SUPPRESS):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+            text += f" (default: {shown.replace('%', '%%')})" if shown else ""
+        return text
+
+
+def _recipe_default(key: str, where: str, defaults: config_mod.RecipeConfig) -> str:
+    """Help text for a flag that sets config key `key`: `(default: <where>'s, <value>)`."""
+    node = defaults
+    for part in key.split("."):
+        node = getattr(node, part)
+    shown = "none" if node is None else " ".join(map(str, node)) if isinstance(node, list) else str(node)
+    return f"(default: {where} {shown})".replace("%", "%%")
+
+
+def _add_data(
+    p: argparse.ArgumentParser,
+    *,
+    train_required: bool = False,
+    where: str = "the --preset's, else",
+    defaults: config_mod.RecipeConfig | None = None,
+) -> None:
+    d = lambda key: _recipe_default(key, where, defaults or config_mod.RecipeConfig())  # noqa: E731
     g = p.add_argument_group("data")
-    g.add_argument("--train", required=train_required, help="training manifest: CSV (path,label[,id]), ImageFolder "
-                   "root, a `lossguided preprocess` folder, or 'fashion-mnist' (long-tailed, noisy, built in)"
-                   )  # fmt: skip
+    g.add_argument(
+        "--train",
+        required=train_required,
+        help="training manifest: CSV (path,label[,id]), ImageFolder root, a `lossguided preprocess` "
+        f"folder, or 'fashion-mnist' (long-tailed, noisy, built in) {d('data.train')}",
+    )
     g.add_argument("--val", help="validation manifest (default with fashion-mnist: its clean val split)")
     g.add_argument("--test", help="test manifest (default with fashion-mnist: its test split)")
-    g.add_argument("--image-size", type=int, help="square input size (paper: 256)")
-    g.add_argument("--workers", type=int, help="DataLoader workers for image files")
-    g.add_argument("--skip-bad-images", action="store_true", default=None, help="skip unreadable images")
+    g.add_argument(
+        "--image-size", "--img-size", type=int, help=f"square input size (paper: 256) {d('data.image_size')}"
+    )
+    g.add_argument(
+        "--workers",
+        "-j",
+        type=int,
+        help=f"DataLoader workers for image files (default: the "
+        f"machine's cores, at most 4: {config_mod.default_workers()} here)",
+    )
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help=f"skip unreadable images {d('data.skip_bad_images')}",
+    )
     f = p.add_argument_group("fashion-mnist (built-in benchmark data)")
-    f.add_argument("--data-dir", help="folder of the IDX files (default /usr/share/datasets/fashion-mnist)")
-    f.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size (default 100)")
-    f.add_argument("--noise-rate", type=float, help="share of wrong labels (default 0.2)")
-    f.add_argument("--noise-kind", choices=["symmetric", "pairflip"])
-    f.add_argument("--data-seed", type=int, help="seed of the long tail and the noise")
-    f.add_argument("--train-limit", type=int, help="keep only this many training samples (quick runs)")
+    f.add_argument("--data-dir", help=f"folder of the IDX files {d('data.data_dir')}")
+    f.add_argument("--imbalance-ratio", type=float, help=f"largest / smallest class size {d('data.imbalance_ratio')}")
+    f.add_argument("--noise-rate", type=float, help=f"share of wrong labels {d('data.noise_rate')}")
+    f.add_argument(
+        "--noise-kind", choices=["symmetric", "pairflip"], help=f"how labels are flipped {d('data.noise_kind')}"
+    )
+    f.add_argument("--data-seed", type=int, help=f"seed of the long tail and the noise {d('data.data_seed')}")
+    f.add_argument("--train-limit", type=int, help="keep only this many training samples (quick runs) (default: all)")
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+def _add_model(
+    p: argparse.ArgumentParser, *, where: str = "the --preset's, else", defaults: config_mod.RecipeConfig | None = None
+) -> None:
+    d = lambda key: _recipe_default(key, where, defaults or config_mod.RecipeConfig())  # noqa: E731
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="timm model name, e.g. resnest101e, resnet101, resnet10t")
-    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="ImageNet weights through timm (needs the hub)")  # fmt: skip
-    g.add_argument("--pretrained-path", help="local ImageNet weights file (.safetensors/.pth)")
+    g.add_argument("--model", help=f"timm model name, e.g. resnest101e, resnet101, resnet10t {d('model.name')}")
+    g.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ImageNet weights through timm (the hub, or its local cache when the hub cannot be "
+        f"reached) {d('model.pretrained')}",
+    )
+    g.add_argument("--pretrained-path", help="local ImageNet weights file (.safetensors/.pth) (default: none)")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="paper: 24")
-    g.add_argument("--lr", type=float, help="initial lr (paper: 1e-4), decayed per batch to lr/10 by eq. (2)")
-    g.add_argument("--optimizer", help="timm optimizer name (default lookahead_radam = Ranger)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--smoothing", type=float, help="label smoothing eps of eq. (1) (paper: 0.2 in fine-tuning)")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="horizontal flip p=0.5")
-    g.add_argument("--patience", type=int, help="early stop after N epochs without val improvement")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--save-every-steps", type=int, metavar="N",
-                   help="also checkpoint after every N batches of an epoch (a kill then loses minutes)")  # fmt: skip
+    pre, ft = config_mod.TrainConfig(), config_mod.RecipeConfig().finetune
+
+    def d(name: str) -> str:
+        a, b = getattr(pre, name), getattr(ft, name)
+        both = f"{a}" if a == b else f"{a}; with --init-from the finetune section's, {b}"
+        return f"(default: the --preset's, else {both})".replace("%", "%%")
+
+    g = p.add_argument_group("training (the pretrain section, or finetune with --init-from)")
+    g.add_argument("--epochs", type=int, help=f"epochs to train {d('epochs')}")
+    g.add_argument("--batch-size", "-b", type=int, help=f"images per batch (paper: 24) {d('batch_size')}")
+    g.add_argument(
+        "--lr", type=float, help=f"initial lr (paper: 1e-4), decayed per batch to lr/10 by eq. (2) {d('lr')}"
+    )
+    g.add_argument("--optimizer", "--opt", help=f"timm optimizer name (lookahead_radam = Ranger) {d('optimizer')}")
+    g.add_argument("--weight-decay", type=float, help=f"decoupled weight decay {d('weight_decay')}")
+    g.add_argument(
+        "--smoothing", type=float, help=f"label smoothing eps of eq. (1) (paper: 0.2 in fine-tuning) {d('smoothing')}"
+    )
+    g.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=None, help=f"horizontal flip p=0.5 {d('flip')}"
+    )
+    g.add_argument(
+        "--patience", type=int, help=f"early stop after N epochs without val improvement (none: never) {d('patience')}"
+    )
+    g.add_argument("--seed", type=int, help=f"seed of the weights' init and the batch order {d('seed')}")
+    g.add_argument(
+        "--save-every-steps",
+        type=int,
+        metavar="N",
+        help=f"also checkpoint after every N batches of an epoch (a kill then loses minutes) {d('save_every_steps')}",
+    )
 
 
 def _add_config(p: argparse.ArgumentParser, *, positional_recipe: bool = False) -> None:
@@ -77,7 +152,11 @@ def _add_config(p: argparse.ArgumentParser, *, positional_recipe: bool = False) 
         p.add_argument("recipe", nargs="?", default="cpu-small",
                        help=f"recipe YAML or shipped name {config_mod.list_recipes()} (default cpu-small)")  # fmt: skip
     else:
-        p.add_argument("--preset", help=f"start from a recipe: a YAML file or one of {config_mod.list_recipes()}")
+        p.add_argument(
+            "--preset",
+            help=f"start from a recipe: a YAML file or one of {config_mod.list_recipes()} (default: none, the "
+            "built-in defaults)",
+        )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set finetune.lr=3e-4 (repeatable)")  # fmt: skip
 
@@ -127,25 +206,58 @@ def cmd_losses(args: argparse.Namespace) -> int:
     overrides.update(config_mod.parse_override(o) for o in args.set)
     cfg = config_mod.merge(cfg, overrides)
     train = stages.load_splits(cfg.data, classes=checkpoint.classes_of(state)).train
-    table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out,
+    work = layout.record_work_dir(args.out)
+    table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out, work_dir=work,
                                  resume=not args.no_resume)  # fmt: skip
-    print(json.dumps({"out": args.out, "samples": len(table), "mean_loss": float(table.losses.mean())}))
+    summary = {"out": args.out, "samples": len(table), "mean_loss": float(table.losses.mean())}
+    if _is_main():
+        if args.keep_work:
+            summary["work"] = str(work)
+        else:
+            summary["work_removed_mb"] = round(layout.remove_work_dir(work) / 1e6, 1)
+    print(json.dumps(summary))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lossguided import stages
+    from lossguided.data.datasets import make_dataset
     from lossguided.data.sources import load_manifest
     from lossguided.engine import checkpoint
+    from lossguided.engine.evaluate import evaluate
+    from lossguided.models import load_model
 
     state = checkpoint.load(args.checkpoint)
     cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
+    classes = checkpoint.classes_of(state)
     opts = stages.fashion_mnist_options(cfg.data)
-    manifest = load_manifest(args.test, split="test", classes=checkpoint.classes_of(state),
-                             fashion_mnist_options=opts)  # fmt: skip
-    metrics = stages.evaluate_checkpoint(args.checkpoint, manifest, image_size=args.image_size)
+    manifest = load_manifest(args.test, split="test", classes=classes, fashion_mnist_options=opts)
+    model, _ = load_model(state, device=_device())
+    dataset = make_dataset(manifest.with_classes(classes), image_size=args.image_size or cfg.data.image_size)
+    metrics = evaluate(
+        model,
+        dataset,
+        class_names=classes.names,
+        batch_size=args.batch_size,
+        top_k=min(args.top_k, len(classes)),
+        predictions_csv=args.predictions,
+        progress=not args.no_progress,
+        loader_kwargs={"workers": args.workers, "persistent_workers": False},
+    )
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _is_main() -> bool:
+    from lossguided.engine.distributed import get_info
+
+    return get_info().is_main
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -207,6 +319,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _resolve(args, section=None)
     metrics = run_recipe(cfg, out_dir=Path(args.out))
     print(format_table(metrics))
+    if _is_main():
+        freed = 0 if args.keep_optimizer else layout.slim_finished_stages(args.out)
+        used = layout.format_bytes(layout.disk_use(args.out))
+        print(
+            f"{args.out}: {used} on disk"
+            + (
+                f" ({layout.format_bytes(freed)} of optimizer state dropped from "
+                "finished stages; --keep-optimizer keeps it)"
+                if freed
+                else ""
+            )
+        )
     return 0
 
 
@@ -262,6 +386,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _count_or_all(text: str) -> int | None:
     return None if text == "all" else _positive(text)
 
@@ -274,9 +405,11 @@ def _add_see_data(sub) -> None:
         f.add_argument("--data-dir", help="folder of the IDX files (default /usr/share/datasets/fashion-mnist)")
         f.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size (default 100)")
         f.add_argument("--noise-rate", type=float, help="share of wrong labels (default 0.2)")
-        f.add_argument("--noise-kind", choices=["symmetric", "pairflip"])
-        f.add_argument("--data-seed", type=int, help="seed of the long tail and the noise")
-        f.add_argument("--train-limit", type=int, help="keep only this many training samples")
+        f.add_argument(
+            "--noise-kind", choices=["symmetric", "pairflip"], help="how labels are flipped (default symmetric)"
+        )
+        f.add_argument("--data-seed", type=int, help="seed of the long tail and the noise (default 0)")
+        f.add_argument("--train-limit", type=int, help="keep only this many training samples (default: all)")
 
     p = sub.add_parser("eda", help="look at a manifest: class frequencies, image sizes, duplicates, missing images",
                        description="Writes OUT/eda.json (the numbers), OUT/class_frequency.png (sorted counts, log "
@@ -285,7 +418,7 @@ def _add_see_data(sub) -> None:
                        "(images missing or unreadable), and prints a short summary.")  # fmt: skip
     p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
                    "'fashion-mnist[:split]'")  # fmt: skip
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", "--output", required=True, help="output folder")
     p.add_argument("--workers", type=_positive, default=8, help="threads reading image files (default 8)")
     p.add_argument("--listed", type=_positive, default=10, help="smallest/largest classes and examples listed")
     fashion_mnist_group(p)
@@ -297,7 +430,7 @@ def _add_see_data(sub) -> None:
                        "searchable, paged) the highest-loss samples beside the selected lowest-loss ones. An "
                        "unfinished run gives a page that says what is missing. Prints the page size.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of `lossguided run`")
-    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--out", "--output", required=True, help="HTML file to write")
     p.add_argument("--round", type=_positive, default=1, help="refinement round to show (record<R>, refine<R>)")
     p.add_argument("--thumbs-per-class", type=_positive, default=6, help="suspects per class, and as many selected")
     p.add_argument("--max-classes", type=_count_or_all, default=500,
@@ -312,9 +445,9 @@ def _add_see_data(sub) -> None:
                        "[, true_label], corrected_label). Fill in corrected_label (a class name; DROP removes the "
                        "sample; empty keeps it) and pass the file to `lossguided relabel`.")  # fmt: skip
     p.add_argument("losses", metavar="LOSSES", help="loss table (.npz), e.g. RUN/record1/losses.npz")
-    p.add_argument("--out", required=True, help="CSV to write")
-    p.add_argument("--top", type=_positive, help="keep only the N highest losses overall")
-    p.add_argument("--per-class", type=_positive, help="keep at most N per class (its highest losses)")
+    p.add_argument("--out", "--output", required=True, help="CSV to write")
+    p.add_argument("--top", type=_positive, help="keep only the N highest losses overall (default: all)")
+    p.add_argument("--per-class", type=_positive, help="keep at most N per class (its highest losses) (default: all)")
     p.set_defaults(func=cmd_suspects)
 
     p = sub.add_parser("relabel", help="apply a corrected suspects CSV to a manifest: a new training manifest",
@@ -323,7 +456,9 @@ def _add_see_data(sub) -> None:
                        "name the file and row.")  # fmt: skip
     p.add_argument("manifest", metavar="MANIFEST", help="the training manifest the suspects came from")
     p.add_argument("--corrections", required=True, help="the edited CSV of `lossguided suspects`")
-    p.add_argument("--out", required=True, help="new manifest CSV (built-in images are written beside it as PNG)")
+    p.add_argument(
+        "--out", "--output", required=True, help="new manifest CSV (built-in images are written beside it as PNG)"
+    )
     p.add_argument("--allow-new-labels", action="store_true", help="accept corrected labels that are not classes yet")
     fashion_mnist_group(p)
     p.set_defaults(func=cmd_relabel)
@@ -332,10 +467,9 @@ def _add_see_data(sub) -> None:
 def _save_config(cfg: config_mod.RecipeConfig, out: Path) -> None:
     import yaml
 
-    from lossguided.engine.distributed import get_info
     from lossguided.io import write_text
 
-    if get_info().is_main:
+    if _is_main():
         write_text(out / "config.yaml", yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
 
 
@@ -343,6 +477,7 @@ def _save_config(cfg: config_mod.RecipeConfig, out: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lossguided",
+        formatter_class=_HelpFormatter,
         description="Train image classifiers on noisy, long-tailed labels with loss-guided data refinement.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -355,31 +490,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_train(p)
     _add_config(p)
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--init-from", help="start from this checkpoint and use the 'finetune' section")
+    p.add_argument("--out", "--output", required=True, help="run folder")
+    p.add_argument(
+        "--init-from",
+        "--initial-checkpoint",
+        help="start from this checkpoint and use the 'finetune' section (default: none, pre-train)",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("losses", help="record each training sample's average loss",
-                       description="Fine-tune CHECKPOINT for --epochs more epochs on all of --train (the paper's "
-                       "recording pass; --lr 0 records without updating) and write the per-sample loss table "
-                       "(.npz: id, label, loss, n_records, pred, path).")  # fmt: skip
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("losses", help="record each training sample's average loss (trains 1 epoch by default)",
+                       description="Fine-tune CHECKPOINT for --epochs more epochs (default 1) on all of --train, the "
+                       "paper's recording pass, and write the per-sample loss table (.npz: id, label, loss, "
+                       "n_records, pred, path). --lr 0 records the checkpoint's own losses without updating it. "
+                       "The pass works in OUT_record/ beside OUT (resumable: rerun the same command), which is "
+                       "removed once the table is written unless --keep-work.")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="the pre-trained model (e.g. RUN/best.pt)")
     _add_data(p, train_required=True)
-    p.add_argument("--epochs", type=int, help="epochs to average over (default 1)")
-    p.add_argument("--lr", type=float, help="lr of the recording pass (default: the checkpoint's pre-training lr)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True, help="loss table file (.npz)")
+    p.add_argument("--epochs", type=int, help="epochs of the recording pass, averaged (default: 1, the paper's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="lr of the recording pass; 0 records the checkpoint's losses without "
+        "updating it (default: the checkpoint's pre-training lr)",
+    )
+    p.add_argument("--batch-size", "-b", type=int, help="images per batch (default: the checkpoint's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    p.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the work folder OUT_record/ (its checkpoints) after the table is written",
+    )
+    p.add_argument("--out", "--output", required=True, help="loss table file (.npz)")
     p.add_argument("--no-resume", action="store_true", help="start the recording over even if it was interrupted")
     p.set_defaults(func=cmd_losses)
 
     p = sub.add_parser("evaluate", help="mean top-1 error of a checkpoint on a labelled manifest",
                        description="Print the metrics JSON: mean_top1_error (per class, then averaged), "
                        "top1_error (per image) and per_class_error.")  # fmt: skip
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a lossguided checkpoint (best.pt, last.pt)")
     p.add_argument("--test", required=True, help="labelled manifest, or 'fashion-mnist' (its test split)")
-    p.add_argument("--image-size", type=int, help="default: the checkpoint's")
+    p.add_argument("--image-size", "--img-size", type=int, help="input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", "-b", type=_positive, default=256, help="images per batch")
+    p.add_argument(
+        "--workers",
+        "-j",
+        type=_non_negative,
+        default=config_mod.default_workers(),
+        help="DataLoader workers for image files (the machine's cores, at most 4)",
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="CSV",
+        help="also write each image's top-k classes and probabilities: "
+        "id,prediction,top2..,prob,prob2.. (default: none)",
+    )
+    p.add_argument("--top-k", type=_positive, default=5, help="classes per row of --predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("select", help="stage 2: pick the clean, balanced list from a loss table",
@@ -387,10 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "manifest (id,path,label) and OUT.summary.csv with per-class counts.")  # fmt: skip
     p.add_argument("losses", help="loss table (.npz) from `lossguided losses`")
     p.add_argument("--bands", nargs="+", default=["1-5"], help="rank bands united: 1-5 6-10 11-15 median, or a-b")
-    p.add_argument("--drop-loss-above", type=float, default=9.0, help="paper: 9 (use a quantile for few classes)")
-    p.add_argument("--drop-quantile", type=float, help="also drop this top share by loss, e.g. 0.03")
-    p.add_argument("--per-class", type=int, help="width of the median band")
-    p.add_argument("--out", required=True, help="selected manifest (.csv)")
+    p.add_argument("--drop-loss-above", type=_threshold_arg, default=9.0,
+                   help="nats (paper: 9), or 'auto': a threshold per class from a two-component mixture of the "
+                   "losses, no true labels needed")  # fmt: skip
+    p.add_argument("--drop-quantile", type=float, help="also drop this top share by loss, e.g. 0.03 (default: none)")
+    p.add_argument("--per-class", type=int, help="width of the median band (default: 5)")
+    p.add_argument("--out", "--output", required=True, help="selected manifest (.csv)")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("preprocess", help="decode and resize a data set once, for fast training input",
@@ -401,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "Resumable: rerun the same command after an interruption.")  # fmt: skip
     p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
                    "'fashion-mnist[:split]'")  # fmt: skip
-    p.add_argument("--out", required=True, help="output folder (new or empty, or an unfinished one to resume)")
+    p.add_argument(
+        "--out", "--output", required=True, help="output folder (new or empty, or an unfinished one to resume)"
+    )
     p.add_argument("--image-size", type=int, default=256, help="square size (paper: 256)")
     p.add_argument("--format", choices=["jpeg-shards", "memmap"], default="jpeg-shards")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of jpeg-shards (default 90)")
@@ -417,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Rerunning continues an interrupted extraction from its last finished chunk.")  # fmt: skip
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="manifest to extract (or 'fashion-mnist': its test split)")
-    p.add_argument("--out", required=True, help="feature directory")
+    p.add_argument("--out", "--output", required=True, help="feature directory")
     p.add_argument("--tta", choices=["none", "hflip", "dihedral8"], default="hflip",
                    help="test-time views whose features are summed (paper: hflip)")  # fmt: skip
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
@@ -430,9 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "classes, never holding N x K logits; writes id,prediction[,top2..]. With --test, prints "
                        "the same metrics JSON as `evaluate`.")  # fmt: skip
     p.add_argument("dirs", nargs="+", help="feature directories from `lossguided features`")
-    p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--out", "--output", required=True, help="predictions CSV")
     p.add_argument("--top-k", type=_positive, default=1, help="classes per row (at most the class count)")
-    p.add_argument("--test", help="labelled manifest of the same images: print metrics")
+    p.add_argument("--test", help="labelled manifest of the same images: print metrics (default: none)")
     p.add_argument("--exact", action="store_true", help="fp32 scan instead of the bf16 scan + exact rescoring")
     p.set_defaults(func=cmd_ensemble)
 
@@ -440,12 +611,36 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs every stage into OUT/<stage>/ and writes OUT/metrics.json; rerunning "
                        "skips finished stages and resumes an interrupted one.")  # fmt: skip
     _add_config(p, positional_recipe=True)
-    _add_data(p)
-    _add_model(p)
-    p.add_argument("--out", required=True, help="run folder")
+    _add_data(p, where="the recipe's; cpu-small:", defaults=config_mod.load("cpu-small"))
+    _add_model(p, where="the recipe's; cpu-small:", defaults=config_mod.load("cpu-small"))
+    p.add_argument("--out", "--output", required=True, help="run folder")
+    p.add_argument(
+        "--keep-optimizer",
+        action="store_true",
+        help="keep the optimizer state in finished stages' "
+        "checkpoints (by default they keep weights only, 1/3 to 1/4 of the size)",
+    )
     p.set_defaults(func=cmd_run)
     _add_see_data(sub)
+    for command in sub.choices.values():  # every default in --help; global flags also after the command
+        command.formatter_class = _HelpFormatter
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging, and a traceback for unexpected errors",
+        )
     return parser
+
+
+def _threshold_arg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

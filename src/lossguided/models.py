@@ -10,7 +10,6 @@ import contextlib
 import difflib
 import functools
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -89,27 +88,47 @@ def _offline_unless_reachable() -> Iterator[str | None]:
 
 @functools.cache
 def _unreachable_host() -> str | None:
-    """The hub's host (or the HTTPS proxy's) when a TCP connection to it fails within HUB_PROBE_SECONDS, else None.
-    Runs in a thread so that a resolver that hangs cannot hold the caller longer."""
+    """The hub's host when it does not answer an HTTP request within HUB_PROBE_SECONDS, else None. Any answer
+    counts (even an error status); the request goes through the usual proxy settings, and runs in a thread so
+    that neither a resolver nor a network that swallows packets can hold the caller longer."""
+    import urllib.error
+    import urllib.request
+
     from huggingface_hub import constants
 
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    url = urlsplit(proxy or constants.ENDPOINT)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    reached: list[bool] = []
+    endpoint = constants.ENDPOINT
+    answered: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS):
-                reached.append(True)
-        except OSError:
-            reached.append(False)
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_SECONDS).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)  # the server answered
+        except (OSError, ValueError):
+            answered.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
-    thread.join(HUB_PROBE_SECONDS)
-    return None if reached and reached[0] else host
+    thread.join(HUB_PROBE_SECONDS + 0.2)
+    return None if answered and answered[0] else (urlsplit(endpoint).netloc or endpoint)
+
+
+def load_model(checkpoint: str | os.PathLike | dict, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The one place a lossguided checkpoint becomes a model: (model with its weights, in eval mode on `device`,
+    the checkpoint's state). `checkpoint` is a path or a state already read with `engine.checkpoint.load`; the
+    architecture is the one it names, the head has its class count."""
+    from lossguided.engine import checkpoint as ckpt
+
+    state = checkpoint if isinstance(checkpoint, dict) else ckpt.load(checkpoint)
+    name = state.get("model_name") or (state.get("config") or {}).get("model", {}).get("name")
+    if not name:
+        raise ckpt.CheckpointError(
+            f"{checkpoint if not isinstance(checkpoint, dict) else 'checkpoint'}: names no model"
+        )
+    model = create_model(name, num_classes=len(ckpt.classes_of(state)))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
 
 
 def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

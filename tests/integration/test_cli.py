@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lossguided.cli import main
+from lossguided.config import ConfigError
 from lossguided.losstable import LossTable
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "8", "--lr", "1e-3"]
@@ -102,6 +103,9 @@ def test_a_folder_is_resumed_only_by_the_same_run(tmp_path, image_csv, capsys):
     assert main([*base, "--out", str(tmp_path / "b")]) == 0
     table, record = str(tmp_path / "l.npz"), ["losses", "--train", str(image_csv), "--out"]
     assert main([*record, table, "--checkpoint", str(out / "last.pt")]) == 0
+    assert not (tmp_path / "l_record").exists()  # the work folder goes once the table is written
+    assert main([*record, table, "--checkpoint", str(out / "last.pt"), "--keep-work"]) == 0
+    assert (tmp_path / "l_record" / "last.pt").is_file()
     assert main([*record, table, "--checkpoint", str(tmp_path / "b" / "last.pt")]) == 2  # not the old recording
     assert "holds a run with other starting checkpoint" in capsys.readouterr().err
     assert main([*record, table, "--checkpoint", str(tmp_path / "b" / "last.pt"), "--no-resume"]) == 0
@@ -184,3 +188,57 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
     assert "unknown key 'refine.bandz' (did you mean 'bands'?)" in capsys.readouterr().err
     assert main([*args[:-2], "--set", "refine.rounds=3"]) == 2  # same folder, other settings: refuse to mix
     assert "holds a run with other settings (refine.rounds 2 -> 3)" in capsys.readouterr().err
+
+
+def test_unreachable_hub_is_one_line_within_two_seconds(tmp_path, image_csv, capsys, monkeypatch):
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from lossguided import models
+
+    silent = socket.socket()  # a hub that takes the connection and never answers (a network that drops packets)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    host = f"127.0.0.1:{silent.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://{host}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # nothing cached
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    models._unreachable_host.cache_clear()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ConfigError) as e:
+            models.create_model("resnet10t", num_classes=3, pretrained=True)
+        assert time.perf_counter() - start < 2.5  # the probe (1.5 s), then the offline cache lookup
+        assert f"not in the local cache and the hub ({host}) cannot be reached" in str(e.value)
+        assert constants.HF_HUB_OFFLINE is False  # the hub's mode is left as it was
+        capsys.readouterr()
+        args = ["train", "--train", str(image_csv), "--out", str(tmp_path / "o"), "--model", "resnet10t",
+                "--pretrained", "--image-size", "16", "--workers", "0"]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--pretrained-path FILE or --no-pretrained" in err[0]
+    finally:
+        models._unreachable_host.cache_clear()
+        silent.close()
+
+
+def test_evaluate_with_progress_batch_size_workers_and_predictions(tmp_path, image_csv, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "1", "--workers", "0", *TINY]) == 0
+    capsys.readouterr()
+    preds = tmp_path / "preds.csv"
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--test", str(image_csv), "--batch-size", "5",
+                 "--workers", "0", "--predictions", str(preds), "--top-k", "2"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)
+    assert "evaluate" in captured.err and "24/24" in captured.err  # the progress bar
+    rows = preds.read_text().splitlines()
+    assert rows[0] == "id,prediction,top2,prob,prob2" and len(rows) == 25
+    first = rows[1].split(",")
+    assert first[1] in {"SKU-A", "SKU-B", "SKU-C"} and first[2] != first[1] and float(first[3]) >= float(first[4])
+    wrong = sum(r.split(",")[1] != lab for r, lab in zip(rows[1:], ["SKU-B", "SKU-A", "SKU-C"] * 8, strict=True))
+    assert metrics["top1_error"] == pytest.approx(wrong / 24)
