@@ -1,20 +1,31 @@
 """The per-sample loss table: one row per training sample, keyed by its id, in a columnar `.npz` file.
 
-Columns: `id` int64, `label` int64 (class index of the given, possibly wrong, label), `loss` float32 (the average
-over `n_records` recorded epochs), `n_records` int64, `pred` int64 (the model's class), `path` str, and
-`true_label` when the truth is known (benchmarks). The class names are stored beside them.
+Columns: `id` int64, `label` (class index of the given, possibly wrong, label), `loss` float32 (the average over
+`n_records` recorded epochs), `n_records`, `pred` (the model's class), the path, and `true_label` when the truth is
+known (benchmarks). From the recorder, where it kept them (last recorded epoch): `p_label` float32, the probability
+the model gave the given label, and `top_classes` [N, 5] / `top_probs` [N, 5] float16, its five most probable classes.
+The class names are stored beside them.
+
+Sized for 2.55M rows: paths are one UTF-8 byte buffer with per-row lengths (and a common prefix stored once), class
+indices are uint16 where the class count allows, and the file is compressed. Tables written before that (`path` as a
+fixed-width string column) still load. In memory, class indices are int64 and paths a `StringColumn`.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lossguided.data.manifest import ClassMap, DataError, Manifest
-from lossguided.io import write_npz
+from lossguided.data.strings import StringColumn
+from lossguided.io import atomic_path
+
+TOP_K = 5
 
 
 @dataclass
@@ -24,30 +35,78 @@ class LossTable:
     losses: np.ndarray
     n_records: np.ndarray
     preds: np.ndarray
-    paths: np.ndarray
+    paths: StringColumn
     classes: ClassMap
     true_labels: np.ndarray | None = None
+    p_label: np.ndarray | None = None  # [N] float32
+    top_classes: np.ndarray | None = None  # [N, TOP_K] int64
+    top_probs: np.ndarray | None = None  # [N, TOP_K] float16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.paths, StringColumn):
+            self.paths = StringColumn.from_strings(self.paths)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_recording(cls, manifest: Manifest, ids: np.ndarray, losses: np.ndarray, n_records: np.ndarray,
-                       preds: np.ndarray) -> LossTable:  # fmt: skip
-        """Join recorded per-id values with the manifest (ids sorted)."""
+    def from_recording(
+        cls,
+        manifest: Manifest,
+        ids: np.ndarray,
+        losses: np.ndarray,
+        n_records: np.ndarray,
+        preds: np.ndarray,
+        p_label: np.ndarray | None = None,
+        top_classes: np.ndarray | None = None,
+        top_probs: np.ndarray | None = None,
+    ) -> LossTable:
+        """Join recorded per-id values (`LossRecorder.table()`, ids sorted) with the manifest."""
         pos = manifest.positions_of(ids)
-        paths = manifest.paths[pos] if manifest.paths is not None else np.array(
-            [f"{manifest.source}#{i}" for i in ids], dtype=object)  # fmt: skip
+        if manifest.paths is not None:
+            paths = manifest.paths[pos]
+        else:
+            paths = StringColumn.from_strings([f"{manifest.source}#{i}" for i in ids])
         true = manifest.true_labels[pos] if manifest.true_labels is not None else None
-        return cls(ids, manifest.labels[pos], losses, n_records, preds, paths, manifest.classes, true)
+        return cls(
+            ids,
+            manifest.labels[pos],
+            losses,
+            n_records,
+            preds,
+            paths,
+            manifest.classes,
+            true,
+            p_label,
+            top_classes,
+            top_probs,
+        )
 
     def save(self, path: str | os.PathLike) -> None:
-        cols = {"id": self.ids, "label": self.labels, "loss": self.losses, "n_records": self.n_records,
-                "pred": self.preds, "path": self.paths.astype(str),
-                "classes": np.array(self.classes.names, dtype=str)}  # fmt: skip
+        """Compressed `.npz`, written atomically."""
+        k = len(self.classes)
+        index = np.uint16 if k <= np.iinfo(np.uint16).max else np.int32
+        lengths = np.diff(self.paths.offsets)
+        cols = {
+            "id": np.asarray(self.ids, dtype=np.int64),
+            "label": np.asarray(self.labels).astype(index),
+            "loss": np.asarray(self.losses, dtype=np.float32),
+            "n_records": np.asarray(self.n_records).astype(np.int32),
+            "pred": np.asarray(self.preds).astype(index if len(self) == 0 or self.preds.min() >= 0 else np.int32),
+            "path_buffer": self.paths.buffer,
+            "path_lengths": lengths.astype(np.uint16 if lengths.max(initial=0) <= 65535 else np.int64),
+            "path_prefix": np.array(self.paths.prefix),
+            "classes": np.array(self.classes.names, dtype=str),
+        }
         if self.true_labels is not None:
-            cols["true_label"] = self.true_labels
-        write_npz(path, **cols)
+            cols["true_label"] = np.asarray(self.true_labels).astype(index)
+        if self.p_label is not None:
+            cols["p_label"] = np.asarray(self.p_label, dtype=np.float32)
+        if self.top_classes is not None:
+            cols["top_classes"] = np.asarray(self.top_classes).astype(index)
+            cols["top_probs"] = np.asarray(self.top_probs, dtype=np.float16)
+        with atomic_path(path) as tmp:
+            _write_npz(tmp, cols)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LossTable:
@@ -58,31 +117,73 @@ class LossTable:
         try:
             with np.load(path, allow_pickle=False) as z:
                 cols = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: not a readable loss table ({e})") from None
-        need = ("id", "label", "loss", "n_records", "pred", "path", "classes")
+        need = ("id", "label", "loss", "n_records", "pred", "classes")
         missing = [c for c in need if c not in cols]
+        if "path" not in cols and not {"path_buffer", "path_lengths"} <= set(cols):
+            missing.append("path")
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}")
+        paths = _paths(path, cols)
         bad = ~np.isfinite(cols["loss"])
         if bad.any():
             raise DataError(f"{path}: {bad.sum()} non-finite losses (NaN or inf), first at id {cols['id'][bad][0]}")
         ids, n = cols["id"], len(cols["id"])
-        if any(len(cols[c]) != n for c in ("label", "loss", "n_records", "pred", "path")):
+        extra = [c for c in ("true_label", "p_label", "top_classes", "top_probs") if c in cols]
+        if any(len(cols[c]) != n for c in ("label", "loss", "n_records", "pred", *extra)) or len(paths) != n:
             raise DataError(f"{path}: columns of different lengths")
         unordered = np.flatnonzero(np.diff(ids) <= 0)  # rows are looked up by id with a binary search
         if len(unordered):
-            raise DataError(f"{path}: ids must be unique and ascending; id {ids[unordered[0] + 1]} follows "
-                            f"{ids[unordered[0]]}")  # fmt: skip
+            raise DataError(
+                f"{path}: ids must be unique and ascending; id {ids[unordered[0] + 1]} follows {ids[unordered[0]]}"
+            )
         k = len(cols["classes"])
-        if n and (cols["label"].min() < 0 or cols["label"].max() >= k):
-            raise DataError(f"{path}: labels must be class indices in [0, {k}); "
-                            f"id {ids[np.argmax((cols['label'] < 0) | (cols['label'] >= k))]} is not")  # fmt: skip
-        return cls(cols["id"], cols["label"], cols["loss"].astype(np.float32), cols["n_records"], cols["pred"],
-                   cols["path"].astype(object), ClassMap(tuple(str(c) for c in cols["classes"])),
-                   cols.get("true_label"))  # fmt: skip
+        labels = cols["label"].astype(np.int64)
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise DataError(
+                f"{path}: labels must be class indices in [0, {k}); "
+                f"id {ids[np.argmax((labels < 0) | (labels >= k))]} is not"
+            )
+        as_index = lambda name: cols[name].astype(np.int64) if name in cols else None  # noqa: E731
+        return cls(
+            ids.astype(np.int64),
+            labels,
+            cols["loss"].astype(np.float32),
+            cols["n_records"].astype(np.int64),
+            cols["pred"].astype(np.int64),
+            paths,
+            ClassMap(tuple(str(c) for c in cols["classes"])),
+            as_index("true_label"),
+            cols.get("p_label"),
+            as_index("top_classes"),
+            cols.get("top_probs"),
+        )
 
     @property
     def is_noisy(self) -> np.ndarray | None:
         """True where the given label is wrong (known only for benchmarks)."""
         return None if self.true_labels is None else self.labels != self.true_labels
+
+
+def _write_npz(file: Path, cols: dict[str, np.ndarray]) -> None:
+    """An `.npz` (a zip of `.npy` files, what `np.load` reads) whose compressible columns (paths, ids, counts, class
+    indices, float16 probabilities) are deflated at a fast level and whose float32 columns, which deflate barely, are
+    stored as they are."""
+    with zipfile.ZipFile(file, "w", allowZip64=True) as z:
+        for name, array in cols.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+            method = zipfile.ZIP_STORED if array.dtype == np.float32 else zipfile.ZIP_DEFLATED
+            z.writestr(name + ".npy", buf.getbuffer(), compress_type=method, compresslevel=1)
+
+
+def _paths(path: Path, cols: dict[str, np.ndarray]) -> StringColumn:
+    if "path" in cols:  # written before paths became one byte buffer
+        return StringColumn.from_strings(cols["path"].tolist())
+    buffer, lengths = cols["path_buffer"], cols["path_lengths"].astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if buffer.dtype != np.uint8 or offsets[-1] != len(buffer):
+        raise DataError(f"{path}: the path column is damaged ({offsets[-1]} bytes expected, {len(buffer)} found)")
+    return StringColumn(buffer, offsets, str(cols.get("path_prefix", "")))

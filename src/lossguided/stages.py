@@ -142,7 +142,7 @@ def record_losses(cfg: RecipeConfig, train_set: Manifest, *, checkpoint_path: st
                       run_key=run_key(cfg, tcfg, train_set, init_from=checkpoint_path, update=lr > 0),
                       update=lr > 0, loader_kwargs=loader_kwargs(cfg.data))  # fmt: skip
     trainer.fit(resume=resume)
-    table = LossTable.from_recording(train_set, *recorder.table())
+    table = LossTable.from_recording(train_set, *recorder.table(), *recorder.probabilities())
     if trainer.info.is_main:
         table.save(out_path)
     return table

@@ -1,0 +1,87 @@
+"""The loss table keeps what the recorder saw (loss, prediction, probability of the given label, top-5) compactly, and
+tables written before that format still load."""
+
+import numpy as np
+import pytest
+import torch
+
+from lossguided.data.manifest import ClassMap, DataError, Manifest
+from lossguided.engine.recorder import LossRecorder
+from lossguided.losstable import LossTable
+
+
+def _recorded(k: int = 7, n: int = 6):
+    torch.manual_seed(0)
+    logits, labels = torch.randn(n, k) * 3, torch.arange(n) % k
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    rec = LossRecorder(np.arange(n) * 10)
+    rec.update(torch.arange(n) * 10, losses, logits)
+    rec.end_epoch()
+    return rec, logits, labels
+
+
+def test_the_recorder_keeps_the_given_label_probability_and_the_top5():
+    rec, logits, labels = _recorded()
+    probs = logits.softmax(1)
+    ids, loss, n, preds = rec.table()
+    p_label, top_c, top_p = rec.probabilities()
+    np.testing.assert_allclose(p_label, probs[torch.arange(6), labels].numpy(), rtol=1e-5)
+    assert np.array_equal(top_c, probs.topk(5, dim=1).indices.numpy()) and np.array_equal(preds, top_c[:, 0])
+    np.testing.assert_allclose(top_p, probs.topk(5, dim=1).values.numpy(), rtol=2e-3, atol=1e-4)
+    with_labels = LossRecorder(ids)
+    with_labels.update(torch.as_tensor(ids), torch.zeros(6), logits, labels)  # labels given: read from the logits
+    with_labels.end_epoch()
+    np.testing.assert_allclose(with_labels.probabilities()[0], p_label, rtol=1e-5)
+
+
+def test_fewer_than_five_classes_are_padded():
+    rec, _, _ = _recorded(k=3)
+    top_c, top_p = rec.probabilities()[1:]
+    assert (top_c[:, 3:] == -1).all() and (top_p[:, 3:] == 0).all() and np.allclose(top_p.sum(1), 1, atol=1e-2)
+
+
+def test_a_checkpointed_recorder_from_before_the_probabilities_loads():
+    rec, _, _ = _recorded()
+    old = {k: v for k, v in rec.state_dict().items() if k in ("ids", "sums", "counts", "preds")}
+    fresh = LossRecorder(rec.ids)
+    fresh.load_state_dict(old)
+    assert np.array_equal(fresh.table()[1], rec.table()[1])
+    fresh.load_pending({"ids": torch.tensor([10]), "losses": torch.tensor([1.0]), "preds": torch.tensor([2])}, "cpu")
+    fresh.end_epoch()
+    assert fresh.counts[1] == 2
+
+
+def test_table_round_trip_and_old_format(tmp_path):
+    rec, _, _ = _recorded()
+    classes = ClassMap(tuple("abcdefg"))
+    m = Manifest(
+        ids=rec.ids,
+        labels=np.arange(6) % 7,
+        classes=classes,
+        source="m.csv",
+        paths=[f"/data/x/{i}.jpg" for i in range(6)],
+    )
+    table = LossTable.from_recording(m, *rec.table(), *rec.probabilities())
+    table.save(tmp_path / "t.npz")
+    back = LossTable.load(tmp_path / "t.npz")
+    assert back.paths == table.paths and back.paths[2] == "/data/x/2.jpg" and back.classes == classes
+    for name in ("ids", "labels", "losses", "n_records", "preds", "p_label", "top_classes"):
+        assert np.array_equal(getattr(back, name), getattr(table, name)), name
+    assert back.labels.dtype == np.int64 and back.top_probs.dtype == np.float16
+
+    old = {
+        "id": table.ids,
+        "label": table.labels,
+        "loss": table.losses,
+        "n_records": table.n_records,
+        "pred": table.preds,
+        "path": np.array(table.paths.tolist(), dtype=str),
+        "classes": np.array(classes.names),
+    }
+    np.savez(tmp_path / "old.npz", **old)  # the format before paths became a byte buffer
+    legacy = LossTable.load(tmp_path / "old.npz")
+    assert legacy.paths == table.paths and legacy.p_label is None and np.array_equal(legacy.losses, table.losses)
+
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "t.npz").read_bytes()[:200])
+    with pytest.raises(DataError, match="cut.npz: not a readable loss table"):
+        LossTable.load(tmp_path / "cut.npz")
