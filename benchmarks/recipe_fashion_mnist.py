@@ -1,16 +1,29 @@
-"""Does loss-guided refinement work? A Table-2-style comparison on Fashion-MNIST made long-tailed (ratio 100),
-with 20% symmetric label noise and again with none, every row with the same model and per-model epoch budget:
+"""Does loss-guided refinement work, read as a skeptical reviewer would? Benchmark v2 on Fashion-MNIST made
+long-tailed (ratio 100), resnet10t at 32 px (the cpu-small recipe), every row with training seeds, mean +- sd.
 
-* baseline  - stage 1 alone on the noisy labels;
-* oracle    - stage 1 on the true labels (the ceiling);
-* cleanlab  - cleanlab's `find_label_issues` on out-of-fold predicted probabilities (K-fold), prune, retrain;
-* recipe    - our stages: refine (no smoothing/flip), + label smoothing/flip, refine again, + an ensemble of the
-              last fine-tune with two more seeds through saved features and TTA (sections 3.5-3.6; the
-              recipe's tta setting, `auto` in cpu-small: none or hflip, whichever has the lower val error).
+Settings: 20% symmetric noise; 30% class-dependent noise toward each class's most-confused class (the confusion of
+a model trained on the clean long-tailed data, scored on the held-out val split); no noise; and the 20% setting with
+a noisy val split (checkpoint choice, early stopping and every `auto` choice then see only noisy labels).
 
-Reports the clean test set's mean top-1 error, the share of the noise gap closed `(baseline - row) /
-(baseline - oracle)`, the purity of each training set and the noise AUROC of the average loss, as Markdown.
-Every row is cached under --out, so a rerun only computes what is missing. Settings are chosen on the val split.
+Rows (all start from the same data; a row's seed sets every training seed, the data stay fixed):
+* baseline          - stage 1 on the noisy labels for the recipe's budget of epochs (its images seen / N);
+* oracle (plain)    - stage 1 on the true labels (the pre-training of the matched oracle);
+* matched oracle    - the whole recipe (auto threshold) on the true labels: the ceiling for "gap closed";
+* cleanlab          - its strongest fair setting: out-of-fold probabilities from 5 stratified folds trained at the
+                      pre-training epochs, `filter_by` chosen on val (seed 0) among cleanlab's methods, then exactly
+                      the recipe's downstream: from the same noisy pre-trained checkpoint, the same per-class cap
+                      (1,000 most confident), smoothing, flips, epochs, patience, and a second round whose
+                      probabilities are re-estimated out of fold (5 folds, one recording-style epoch each from the
+                      round-1 model);
+* paper's rule      - bands 1-5, 6-10, 11-15 (the median fallback), drop at 9 nats scaled to K = 10:
+                      9 * ln 10 / ln 50,030 = 1.915;
+* recipe, auto      - the cpu-small recipe with `refine.drop_loss_above: auto` (per-class mixture, no true labels);
+* recipe, 1.5       - the same with the fixed 1.5 nats of the first benchmark;
+* ensemble          - recipe auto + two more fine-tune seeds through saved features, TTA chosen on val.
+
+Every row is cached as JSON under --results (committed, so the table builds up across sessions) keyed by its
+setting, row and seed; model folders live under --work. `--plan` picks which (setting, row, seed) to compute, in
+order; `--table` prints the Markdown tables from whatever is cached.
 """
 
 from __future__ import annotations
@@ -18,7 +31,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import math
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +43,263 @@ import torch
 
 from lossguided import config as config_mod
 from lossguided import stages
+from lossguided.config import RecipeConfig
 from lossguided.data.datasets import make_dataset
+from lossguided.data.transforms import BatchTransform
 from lossguided.engine import checkpoint
 from lossguided.io import write_json
 from lossguided.metrics import auroc
 from lossguided.models import create_model
 from lossguided.recipe import run_recipe
 
+log = logging.getLogger("bench")
 
-def cached(path: Path, fn):
-    if path.is_file():
-        return json.loads(path.read_text())
-    start = time.perf_counter()
-    result = fn() | {"wall_s": round(time.perf_counter() - start, 1)}
-    write_json(path, result)
-    return result
+SETTINGS = {
+    "sym20": {"data.noise_rate": 0.2, "data.noise_kind": "symmetric"},
+    "confusion30": {"data.noise_rate": 0.3, "data.noise_kind": "confusion"},
+    "clean": {"data.noise_rate": 0.0},
+    "sym20-noisyval": {"data.noise_rate": 0.2, "data.noise_kind": "symmetric", "data.noisy_val": True},
+}
+TITLES = {
+    "sym20": "20% symmetric noise",
+    "confusion30": "30% class-dependent noise (each class toward its most-confused class)",
+    "clean": "no noise",
+    "sym20-noisyval": "20% symmetric noise, noisy val split",
+}
+PAPER_DROP = 9.0 * math.log(10) / math.log(50_030)
+CLEANLAB_FILTERS = ("prune_by_noise_rate", "both", "confident_learning")
+FOLDS = 5
+CAP = 1000  # the recipe's per-class cap (band 1-1000)
 
 
-def evaluate_row(name: str, ckpt: Path, splits: stages.Splits, cfg, **extra) -> dict:
-    row = {"name": name, **extra}
-    for split, m in (("val", splits.val), ("test", splits.test)):
-        metrics = stages.evaluate_checkpoint(ckpt, m, image_size=cfg.data.image_size)
-        row[f"{split}_mean_top1_error"] = metrics["mean_top1_error"]
-    return row
+@dataclasses.dataclass
+class Bench:
+    recipe: str
+    work: Path
+    results: Path
+
+    # -- configs and cache -------------------------------------------------------------------------------------
+    def cfg(self, setting: str, seed: int, **extra) -> RecipeConfig:
+        over = dict(SETTINGS[setting]) | {"pretrain.seed": seed, "finetune.seed": seed} | extra
+        if over.get("data.noise_kind") == "confusion":
+            over["data.noise_target"] = self.confusion_target()
+        return config_mod.load(self.recipe, [f"{k}={json.dumps(v)}" for k, v in over.items()])
+
+    def cached(self, setting: str, row: str, seed: int, fn: Callable[[], dict]) -> dict:
+        path = self.results / setting / f"{row}-s{seed}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        log.info("computing %s / %s / seed %d", setting, row, seed)
+        start = time.perf_counter()
+        result = {"setting": setting, "row": row, "seed": seed, **fn()}
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        write_json(path, result)
+        log.info("done %s / %s / seed %d: %s", setting, row, seed, _brief(result))
+        return result
+
+    def dir(self, setting: str, name: str, seed: int) -> Path:
+        return self.work / setting / f"{name}-s{seed}"
+
+    # -- the confusion of a clean model ------------------------------------------------------------------------
+    def confusion_target(self) -> list[int]:
+        """Each class's most-confused other class, from the clean recipe's pre-trained model (seed 0) on val."""
+        path = self.results / "confusion_target.json"
+        if path.is_file():
+            return json.loads(path.read_text())["target"]
+        self.recipe_row("clean", 0, "auto")  # trains the clean model if needed
+        cfg = self.cfg("clean", 0)
+        splits = stages.load_splits(cfg.data)
+        probs = predict_probs(self.dir("clean", "recipe_auto", 0) / "pretrain" / "best.pt", splits.val, cfg)
+        k = len(splits.classes)
+        conf = np.zeros((k, k), dtype=np.int64)
+        np.add.at(conf, (splits.val.true_labels, probs.argmax(1)), 1)
+        off = conf.copy()
+        np.fill_diagonal(off, -1)
+        target = off.argmax(1).tolist()
+        write_json(
+            path,
+            {
+                "target": target,
+                "confusion": conf.tolist(),
+                "classes": list(splits.classes.names),
+                "how": "argmax off-diagonal of the clean pre-trained model's val confusion",
+            },
+        )
+        return target
+
+    # -- rows ------------------------------------------------------------------------------------------------
+    def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
+        """variant: auto | fixed (1.5) | paper | ensemble. Non-auto variants reuse the auto run's pre-training."""
+        over = {
+            "auto": {"refine.drop_loss_above": "auto"},
+            "fixed": {"refine.drop_loss_above": 1.5},
+            "paper": {"refine.drop_loss_above": PAPER_DROP, "refine.bands": ["1-5", "6-10", "11-15"]},
+            "ensemble": {"refine.drop_loss_above": "auto", "ensemble.seeds": [101, 102]},
+        }[variant]
+
+        def run() -> dict:
+            cfg = self.cfg(setting, seed, **over)
+            out = self.dir(setting, f"recipe_{variant}", seed)
+            if variant != "auto":
+                self.recipe_row(setting, seed, "auto")
+                _share_stage(self.dir(setting, "recipe_auto", seed), out, "pretrain")
+                if variant == "ensemble":  # the same rounds, then the extra seeds
+                    for stage in ("record1", "refine1", "record2", "refine2"):
+                        _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
+            metrics = run_recipe(cfg, out_dir=out)
+            splits = stages.load_splits(cfg.data)
+            final = metrics["stages"][-1]
+            row = _errors(final) | {
+                "train_samples": final.get("train_samples"),
+                "images_seen": _recipe_images_seen(out, len(splits.train), metrics["stages"]),
+                "stages": [
+                    _errors(s) | {"name": s["name"], "train_samples": s.get("train_samples")} for s in metrics["stages"]
+                ],
+            }
+            last_refine = [s for s in metrics["stages"] if s["name"].startswith("refine")][-1]
+            for key in ("purity", "loss_auroc", "estimated_noise_rate", "train_noise_rate", "classes_covered"):
+                if key in last_refine:
+                    row[key] = last_refine[key]
+            row["min_class_selected"] = _min_class_selected(out, last_refine["name"], splits)
+            return row
+
+        return self.cached(setting, f"recipe_{variant}", seed, run)
+
+    def oracle_plain_row(self, setting: str, seed: int) -> dict:
+        def run() -> dict:
+            clean = self.recipe_row("clean", seed, "auto")
+            pre = clean["stages"][0]
+            return _errors(pre) | {
+                "train_samples": pre["train_samples"],
+                "purity": 1.0,
+                "images_seen": pre["train_samples"] * self.cfg(setting, seed).pretrain.epochs,
+            }
+
+        return self.cached(setting, "oracle_plain", seed, run)
+
+    def matched_oracle_row(self, setting: str, seed: int) -> dict:
+        def run() -> dict:
+            clean = self.recipe_row("clean", seed, "auto")
+            return {
+                k: clean[k] for k in ("val_mean_top1_error", "test_mean_top1_error", "train_samples", "images_seen")
+            } | {"purity": 1.0}
+
+        return self.cached(setting, "matched_oracle", seed, run)
+
+    def baseline_row(self, setting: str, seed: int) -> dict:
+        def run() -> dict:
+            recipe = self.recipe_row(setting, seed, "auto")
+            cfg = self.cfg(setting, seed)
+            splits = stages.load_splits(cfg.data)
+            n = len(splits.train)
+            epochs = max(cfg.pretrain.epochs, round(recipe["images_seen"] / n))
+            longer = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=epochs))
+            out = self.dir(setting, "baseline", seed)
+            stages.train(longer, stages.Splits(splits.train, splits.val, None), out_dir=out)
+            noisy = splits.train.labels != splits.train.true_labels
+            return _evaluate(out / "best.pt", splits, cfg) | {
+                "train_samples": n,
+                "purity": float(1 - noisy.mean()),
+                "epochs": epochs,
+                "images_seen": n * _epochs_run(out),
+            }
+
+        return self.cached(setting, "baseline", seed, run)
+
+    def cleanlab_row(self, setting: str, seed: int) -> dict:
+        def run() -> dict:
+            from cleanlab.filter import find_label_issues
+
+            self.recipe_row(setting, seed, "auto")
+            cfg = self.cfg(setting, seed)
+            splits = stages.load_splits(cfg.data)
+            train = splits.train
+            work = self.dir(setting, "cleanlab", seed)
+            pre = self.dir(setting, "recipe_auto", seed) / "pretrain" / "best.pt"
+            seen = 0
+            probs, s = self.oof_probs(cfg, train, splits.val, work / "oof1", init_from=None, section="pretrain")
+            seen += s
+            filter_by = self.cleanlab_filter(setting, cfg, splits, probs, pre)
+            start, rounds = pre, []
+            for r in (1, 2):
+                if r == 2:
+                    probs, s = self.oof_probs(cfg, train, splits.val, work / "oof2", init_from=start, section="record")
+                    seen += s
+                issues = find_label_issues(train.labels, probs, filter_by=filter_by)
+                keep = _cap_per_class(train.labels, probs, ~issues, CAP)
+                out = work / f"refine{r}"
+                sub = stages.Splits(train.subset(keep), splits.val, None)
+                stages.train(cfg, sub, out_dir=out, section="finetune", init_from=start)
+                seen += len(keep) * _epochs_run(out)
+                noisy = train.labels != train.true_labels
+                rounds.append(
+                    {
+                        "train_samples": int(len(keep)),
+                        "purity": float(1 - noisy[keep].mean()),
+                        "flagged": int(issues.sum()),
+                        "loss_auroc": auroc(1 - probs[np.arange(len(train)), train.labels], noisy)
+                        if noisy.any()
+                        else None,
+                    }
+                )
+                start = out / "best.pt"
+            row = (
+                _evaluate(start, splits, cfg)
+                | rounds[-1]
+                | {"filter_by": filter_by, "rounds": rounds, "images_seen": seen}
+            )
+            row["min_class_selected"] = int(np.bincount(train.labels[keep], minlength=len(train.classes)).min())
+            return row
+
+        return self.cached(setting, "cleanlab", seed, run)
+
+    def cleanlab_filter(self, setting: str, cfg: RecipeConfig, splits, probs: np.ndarray, pre: Path) -> str:
+        """cleanlab's `filter_by`, chosen once per setting (seed 0) by the round-1 model's val error."""
+        path = self.results / setting / "cleanlab_filter_by.json"
+        if path.is_file():
+            return json.loads(path.read_text())["filter_by"]
+        from cleanlab.filter import find_label_issues
+
+        train, val_err = splits.train, {}
+        for fb in CLEANLAB_FILTERS:
+            keep = _cap_per_class(train.labels, probs, ~find_label_issues(train.labels, probs, filter_by=fb), CAP)
+            out = self.work / setting / f"cleanlab_choose_{fb}"
+            stages.train(
+                cfg, stages.Splits(train.subset(keep), splits.val, None), out_dir=out, section="finetune", init_from=pre
+            )
+            val_err[fb] = stages.evaluate_checkpoint(out / "best.pt", splits.val)["mean_top1_error"]
+            log.info("cleanlab filter_by %s: val mean top-1 error %.4f (%d kept)", fb, val_err[fb], len(keep))
+        best = min(val_err, key=val_err.get)
+        write_json(path, {"filter_by": best, "val_mean_top1_error": val_err, "chosen_with_seed": cfg.pretrain.seed})
+        return best
+
+    def oof_probs(
+        self, cfg: RecipeConfig, train, val, work: Path, *, init_from: Path | None, section: str
+    ) -> tuple[np.ndarray, int]:
+        """Out-of-fold softmax [N, K] from 5 stratified folds: each fold's model trains on the other four (from
+        scratch at the pre-training settings, or one recording-style epoch from `init_from`)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        path = work / "probs.npy"
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=cfg.pretrain.seed)
+        if section == "record":  # the recipe's recording pass: one epoch at the pre-training lr, no flips/smoothing
+            tcfg = dataclasses.replace(cfg.pretrain, epochs=cfg.record.epochs, flip=False, smoothing=0.0)
+            cfg = dataclasses.replace(cfg, pretrain=tcfg)
+        probs = np.zeros((len(train), len(train.classes)), dtype=np.float32)
+        seen = 0
+        for f, (fit, held) in enumerate(folds.split(np.zeros(len(train)), train.labels)):
+            out = work / f"fold{f}"
+            stages.train(cfg, stages.Splits(train.subset(fit), val, None), out_dir=out, init_from=init_from)
+            probs[held] = predict_probs(out / "best.pt", train.subset(held), cfg)
+            seen += len(fit) * _epochs_run(out)
+        np.save(path, probs)
+        return probs, seen
 
 
+# -- helpers -----------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_probs(ckpt: Path, manifest, cfg) -> np.ndarray:
-    """Softmax probabilities [N, K] in manifest order (for cleanlab)."""
-    from lossguided.data.transforms import BatchTransform
-
+def predict_probs(ckpt: Path, manifest, cfg: RecipeConfig) -> np.ndarray:
+    """Softmax probabilities [N, K] in manifest order."""
     state = checkpoint.load(ckpt)
     model = create_model(cfg.model.name, num_classes=len(manifest.classes))
     model.load_state_dict(state["model"])
@@ -69,146 +313,188 @@ def predict_probs(ckpt: Path, manifest, cfg) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def run_cleanlab(cfg, splits: stages.Splits, out: Path, *, folds: int) -> dict:
-    from cleanlab.filter import find_label_issues
-
-    train = splits.train
-    rng = np.random.default_rng(cfg.pretrain.seed)
-    fold_of = rng.permutation(len(train)) % folds
-    probs = np.zeros((len(train), len(train.classes)), dtype=np.float32)
-    for f in range(folds):
-        fit_idx, held = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
-        fold_dir = out / f"fold{f}"
-        stages.train(cfg, stages.Splits(train.subset(fit_idx), splits.val, None), out_dir=fold_dir)
-        probs[held] = predict_probs(fold_dir / "best.pt", train.subset(held), cfg)
-    issues = find_label_issues(train.labels, probs)
-    keep = np.flatnonzero(~issues)
-    stages.train(cfg, stages.Splits(train.subset(keep), splits.val, None), out_dir=out / "retrain")
-    noisy = train.labels != train.true_labels
-    extra = {"train_samples": int(len(keep)), "purity": float(1 - noisy[keep].mean()),
-             "epochs": cfg.pretrain.epochs * (folds + 1)}  # fmt: skip
-    if noisy.any():
-        extra["flagged_precision"] = float(noisy[issues].mean()) if issues.any() else float("nan")
-        extra["flagged_recall"] = float(issues[noisy].mean())
-        extra["loss_auroc"] = auroc(1 - probs[np.arange(len(train)), train.labels], noisy)
-    return evaluate_row("cleanlab", out / "retrain" / "best.pt", splits, cfg, **extra)
+def _cap_per_class(labels: np.ndarray, probs: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of kept samples, at most `cap` per class: the most confident in their given label."""
+    idx = np.flatnonzero(keep)
+    conf = probs[idx, labels[idx]]
+    order = idx[np.lexsort((-conf, labels[idx]))]
+    lab = labels[order]
+    rank = np.arange(len(order)) - np.searchsorted(lab, lab)
+    return np.sort(order[rank < cap])
 
 
-def run_setting(recipe: str, noise_rate: float, out: Path, overrides: list[str], folds: int,
-                ensemble_seeds: list[int]) -> list[dict]:  # fmt: skip
-    seeds = f"ensemble.seeds=[{','.join(map(str, ensemble_seeds))}]"
-    cfg = config_mod.load(recipe, [seeds, *overrides, f"data.noise_rate={noise_rate}"])
-    splits = stages.load_splits(cfg.data)
-    rows = []
-    metrics = run_recipe(cfg, out_dir=out / "recipe")
-    stage_rows = {s["name"]: s for s in metrics["stages"]}
-    base = stage_rows["pretrain"]
-    rows.append({"name": "baseline (noisy labels)", "train_samples": base["train_samples"],
-                 "purity": float(1 - (splits.train.labels != splits.train.true_labels).mean()),
-                 "val_mean_top1_error": base["val_mean_top1_error"],
-                 "test_mean_top1_error": base["test_mean_top1_error"], "epochs": cfg.pretrain.epochs})  # fmt: skip
+def _share_stage(src: Path, dst: Path, stage: str) -> None:
+    """Reuse a finished stage of another run folder (hard links: no copy, no second training)."""
+    if (dst / stage / "done.json").is_file() or not (src / stage / "done.json").is_file():
+        return
+    shutil.copytree(src / stage, dst / stage, copy_function=lambda a, b: Path(b).hardlink_to(a), dirs_exist_ok=True)
 
-    def oracle():
-        true = dataclasses.replace(splits.train, labels=splits.train.true_labels)
-        if np.array_equal(true.labels, splits.train.labels):  # no noise: the same run as the baseline
-            return {**rows[0], "name": "oracle (true labels)"}
-        stages.train(cfg, stages.Splits(true, splits.val, None), out_dir=out / "oracle")
-        return evaluate_row("oracle (true labels)", out / "oracle" / "best.pt", splits, cfg,
-                            train_samples=len(true), purity=1.0, epochs=cfg.pretrain.epochs)  # fmt: skip
 
-    rows.append(cached(out / "oracle.json", oracle))
-    rows.append(cached(out / "cleanlab.json", lambda: run_cleanlab(cfg, splits, out / "cleanlab", folds=folds)))
-    fold_sizes = np.bincount(np.random.default_rng(cfg.pretrain.seed).permutation(len(splits.train)) % folds)
-    rows[-1]["images_seen"] = int(sum((len(splits.train) - fold_sizes[f]) * _epochs_run(out / "cleanlab" / f"fold{f}")
-                                      for f in range(folds)) + rows[-1]["train_samples"] * _epochs_run(
-                                          out / "cleanlab" / "retrain"))  # fmt: skip
+def _errors(d: dict) -> dict:
+    return {k: d.get(k) for k in ("val_mean_top1_error", "test_mean_top1_error")}
 
-    def plain_refine():
-        """Round 1 without smoothing or flips: the Table 2 row before "+ label smoothing / augmentation"."""
-        plain = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, smoothing=0.0, flip=False))
-        ids = np.loadtxt(out / "recipe" / "refine1" / "selected.csv", delimiter=",", skiprows=1, usecols=0,
-                         dtype=np.int64, ndmin=1)  # fmt: skip
-        sub = stages.Splits(splits.train.select_ids(ids), splits.val, None)
-        stages.train(
-            plain, sub, out_dir=out / "refine_plain", section="finetune", init_from=out / "recipe" / base["checkpoint"]
-        )
-        r1 = stage_rows["refine1"]
-        return evaluate_row("recipe: + loss-guided refinement", out / "refine_plain" / "best.pt", splits, cfg,
-                            train_samples=r1["train_samples"], purity=r1.get("purity"),
-                            loss_auroc=r1.get("loss_auroc"))  # fmt: skip
 
-    rows.append(cached(out / "refine_plain.json", plain_refine))
-    n = len(splits.train)
-    seen = n * (cfg.pretrain.epochs + cfg.record.epochs)  # training images processed, the honest budget
-    rows[0]["images_seen"] = n * cfg.pretrain.epochs
-    rows[1]["images_seen"] = n * cfg.pretrain.epochs
-    rows[3]["images_seen"] = seen + _epochs_run(out / "refine_plain") * rows[3]["train_samples"]
-    for r in range(1, cfg.refine.rounds + 1):
-        s = stage_rows[f"refine{r}"]
-        name = "recipe: + label smoothing / flip" if r == 1 else f"recipe: + refinement again (round {r})"
-        seen += _epochs_run(out / "recipe" / f"refine{r}") * s["train_samples"] + (
-            n * cfg.record.epochs if r > 1 else 0
-        )
-        rows.append({"name": name, **{k: s.get(k) for k in ("train_samples", "purity", "loss_auroc",
-                     "val_mean_top1_error", "test_mean_top1_error")}, "images_seen": seen})  # fmt: skip
-
-    def longer_baseline():
-        """Stage 1 on the noisy labels for as many images as the whole recipe saw: is the gain just more training?"""
-        epochs = max(cfg.pretrain.epochs, round(seen / n))
-        longer = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=epochs))
-        stages.train(longer, stages.Splits(splits.train, splits.val, None), out_dir=out / "baseline_longer")
-        return evaluate_row(f"baseline, {epochs} epochs (the recipe's budget)", out / "baseline_longer" / "best.pt",
-                            splits, cfg, train_samples=n, purity=rows[0]["purity"], images_seen=n * epochs)  # fmt: skip
-
-    rows.insert(1, cached(out / "baseline_longer.json", longer_baseline))
-    ens = next((s for name, s in stage_rows.items() if name.startswith("ensemble")), None)
-    if ens is not None:  # after the longer baseline, which gets one model's budget
-        seen += sum(_epochs_run(out / "recipe" / "ensemble" / f"seed{s}") for s in ens["seeds"]) * ens["train_samples"]
-        tta = ens.get("tta_used", ens["tta"]) + (" TTA, chosen on val" if ens["tta"] == "auto" else " TTA")
-        rows.append({"name": f"recipe: + {len(ens['models'])} models ensemble ({tta})",
-                     **{k: ens.get(k) for k in ("train_samples", "val_mean_top1_error", "test_mean_top1_error")},
-                     "purity": rows[-1]["purity"], "loss_auroc": rows[-1]["loss_auroc"],
-                     "images_seen": seen})  # fmt: skip
-
-    b, o = rows[0]["test_mean_top1_error"], rows[2]["test_mean_top1_error"]
-    for row in rows:
-        row["gap_closed"] = (b - row["test_mean_top1_error"]) / (b - o) if b - o > 1e-9 else None
-    return rows
+def _evaluate(ckpt: Path, splits: stages.Splits, cfg: RecipeConfig) -> dict:
+    out = {}
+    for name, m in (("val", splits.val), ("test", splits.test)):
+        out[f"{name}_mean_top1_error"] = stages.evaluate_checkpoint(ckpt, m, image_size=cfg.data.image_size)[
+            "mean_top1_error"
+        ]
+    return out
 
 
 def _epochs_run(run_dir: Path) -> int:
     return len((run_dir / "metrics.jsonl").read_text().splitlines())
 
 
-def to_markdown(title: str, rows: list[dict]) -> str:
-    f = lambda v, p=4: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{p}f}"  # noqa: E731
-    lines = [f"**{title}**", "",
-             "| row | train samples | purity | noise AUROC | images seen | val mean top-1 err | test mean top-1 err "
-             "| gap closed |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        gap = "-" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%"
-        lines.append(f"| {r['name']} | {r.get('train_samples', '-')} | {f(r.get('purity'), 3)} | "
-                     f"{f(r.get('loss_auroc'), 3)} | {r.get('images_seen', '-')} | {f(r.get('val_mean_top1_error'))} | "
-                     f"{f(r.get('test_mean_top1_error'))} | {gap} |")  # fmt: skip
+def _recipe_images_seen(out: Path, n: int, stage_rows: list[dict]) -> int:
+    seen = 0
+    for s in stage_rows:
+        name = s["name"]
+        if name == "pretrain":
+            seen += n * _epochs_run(out / "pretrain")
+            continue
+        if name.startswith("refine"):
+            r = name.removeprefix("refine")
+            seen += n * _epochs_run(out / f"record{r}") + s["train_samples"] * _epochs_run(out / name)
+        elif name.startswith("ensemble"):
+            for seed_dir in sorted((out / "ensemble").glob("seed*")):
+                seen += s["train_samples"] * _epochs_run(seed_dir)
+    return seen
+
+
+def _min_class_selected(out: Path, stage: str, splits: stages.Splits) -> int | None:
+    path = out / stage / "selected.csv"
+    if not path.is_file():
+        return None
+    ids = np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
+    labels = splits.train.labels[splits.train.positions_of(ids)]
+    return int(np.bincount(labels, minlength=len(splits.classes)).min())
+
+
+def _brief(r: dict) -> str:
+    return f"val {r.get('val_mean_top1_error')} test {r.get('test_mean_top1_error')} ({r.get('wall_s')} s)"
+
+
+# -- tables ------------------------------------------------------------------------------------------------------
+ROW_ORDER = [
+    ("baseline", "baseline (noisy labels, the recipe's budget)"),
+    ("oracle_plain", "oracle, plain (stage 1 on the true labels)"),
+    ("matched_oracle", "matched oracle (the recipe on the true labels)"),
+    ("cleanlab", "cleanlab, strongest fair setting"),
+    ("recipe_paper", "paper's rule (bands 1-5/6-10/11-15, drop 1.915)"),
+    ("recipe_fixed", "recipe, fixed 1.5 nats"),
+    ("recipe_auto", "recipe, auto threshold"),
+    ("recipe_ensemble", "recipe auto + 3-model ensemble"),
+]
+
+
+def _ms(values: list[float], digits: int = 4) -> str:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return "-"
+    if v.size == 1:
+        return f"{v[0]:.{digits}f} (1 seed)"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def load_rows(results: Path, setting: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for path in sorted((results / setting).glob("*-s*.json")):
+        r = json.loads(path.read_text())
+        out.setdefault(r["row"], []).append(r)
+    return out
+
+
+def to_markdown(results: Path, setting: str) -> str:
+    rows = load_rows(results, setting)
+    if not rows:
+        return ""
+    base = {r["seed"]: r["test_mean_top1_error"] for r in rows.get("baseline", [])}
+    ceil = {r["seed"]: r["test_mean_top1_error"] for r in rows.get("matched_oracle", [])}
+    lines = [
+        f"**{TITLES[setting]}**",
+        "",
+        "| row | seeds | test mean top-1 err | val mean top-1 err | gap closed | train samples | purity "
+        "| smallest class kept | est. noise | images seen | wall min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, title in ROW_ORDER:
+        rs = sorted(rows.get(key, []), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        gaps = [
+            (base[r["seed"]] - r["test_mean_top1_error"]) / (base[r["seed"]] - ceil[r["seed"]])
+            for r in rs
+            if r["seed"] in base and r["seed"] in ceil and base[r["seed"]] - ceil[r["seed"]] > 1e-9
+        ]
+        gap = "-" if not gaps or setting == "clean" else _ms([100 * g for g in gaps], 0).replace(" (1 seed)", "") + "%"
+        get = lambda k, rs=rs: [r.get(k) for r in rs]  # noqa: E731
+        seen = np.mean([r["images_seen"] for r in rs if r.get("images_seen")] or [np.nan])
+        lines.append(
+            f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('val_mean_top1_error'))} | {gap} "
+            f"| {_ms(get('train_samples'), 0)} | {_ms(get('purity'), 3)} | {_ms(get('min_class_selected'), 0)} "
+            f"| {_ms(get('estimated_noise_rate'), 3)} | {'-' if np.isnan(seen) else f'{seen:,.0f}'} "
+            f"| {np.mean(get('wall_s')) / 60:.1f} |".replace(" (1 seed)", "")
+        )
     return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------------------------
+def run_plan(bench: Bench, plan: list[str]) -> None:
+    """Items `setting:row:seed`, rows: baseline, oracle_plain, matched_oracle, cleanlab, recipe_<variant>."""
+    for item in plan:
+        setting, row, seed = item.split(":")
+        seed = int(seed)
+        if row.startswith("recipe_"):
+            bench.recipe_row(setting, seed, row.removeprefix("recipe_"))
+        else:
+            getattr(bench, f"{row}_row")(setting, seed)
+
+
+DEFAULT_PLAN = [
+    *[
+        f"{s}:{r}:0"
+        for s in ("sym20", "confusion30")
+        for r in ("recipe_auto", "matched_oracle", "oracle_plain", "baseline", "cleanlab")
+    ],
+    *[
+        f"{s}:{r}:{seed}"
+        for seed in (1, 2)
+        for s in ("sym20", "confusion30")
+        for r in ("recipe_auto", "matched_oracle", "oracle_plain", "baseline", "cleanlab")
+    ],
+    "clean:recipe_auto:0",
+    "clean:baseline:0",
+    "clean:recipe_fixed:0",
+    *[f"{s}:{r}:0" for s in ("sym20", "confusion30") for r in ("recipe_fixed", "recipe_paper", "recipe_ensemble")],
+    "sym20-noisyval:recipe_auto:0",
+    "sym20-noisyval:baseline:0",
+    "sym20-noisyval:recipe_fixed:0",
+]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="cpu-small", help="recipe name or YAML (default cpu-small)")
-    p.add_argument("--out", default="runs/bench-recipe", help="cache folder for every row")
-    p.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.0], help="noise rates to run")
-    p.add_argument("--folds", type=int, default=3, help="cleanlab cross-validation folds")
-    p.add_argument("--ensemble-seeds", type=int, nargs="*", default=[1, 2], help="extra seeds; none: no ensemble row")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
+    p.add_argument("--recipe", default="cpu-small", help="recipe name or YAML")
+    p.add_argument("--work", default="runs/bench-v2", help="model folders (large, not committed)")
+    p.add_argument("--results", default="benchmarks/results/recipe_v2", help="row JSONs (small, committed)")
+    p.add_argument(
+        "--plan",
+        nargs="*",
+        default=None,
+        help="setting:row:seed items (default: the whole table, the rows that carry the claim first)",
+    )
+    p.add_argument("--table", action="store_true", help="only print the tables from the cached rows")
     args = p.parse_args()
-    tables = []
-    for rate in args.noise:
-        rows = run_setting(args.recipe, rate, Path(args.out) / f"noise{rate:g}", args.set, args.folds,
-                           args.ensemble_seeds)  # fmt: skip
-        tables.append(to_markdown(f"Fashion-MNIST, imbalance ratio 100, {rate:.0%} symmetric noise", rows))
-        print(tables[-1], flush=True)
-    write_json(Path(args.out) / "tables.json", {"markdown": tables})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    bench = Bench(args.recipe, Path(args.work), Path(args.results))
+    if not args.table:
+        run_plan(bench, args.plan if args.plan is not None else DEFAULT_PLAN)
+    for setting in SETTINGS:
+        table = to_markdown(bench.results, setting)
+        if table:
+            print(table + "\n", flush=True)
 
 
 if __name__ == "__main__":

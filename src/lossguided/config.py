@@ -43,7 +43,9 @@ class DataConfig:
     data_dir: str = "/usr/share/datasets/fashion-mnist"
     imbalance_ratio: float = 100.0
     noise_rate: float = 0.2
-    noise_kind: str = "symmetric"  # symmetric | pairflip
+    noise_kind: str = "symmetric"  # symmetric | pairflip | confusion (class c -> noise_target[c])
+    noise_target: list[int] | None = None  # confusion noise: each class's look-alike class (benchmarks derive it)
+    noisy_val: bool = False  # the val split carries the same kind of noise (what most users have)
     data_seed: int = 0
     val_per_class: int = 100
     train_limit: int | None = None
@@ -51,8 +53,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ConfigError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.noise_kind not in ("symmetric", "pairflip"):
-            raise ConfigError(f"data.noise_kind {self.noise_kind!r} is not one of ('symmetric', 'pairflip')")
+        from lossguided.data.noise import NOISE_KINDS
+
+        if self.noise_kind not in NOISE_KINDS:
+            raise ConfigError(f"data.noise_kind {self.noise_kind!r} is not one of {NOISE_KINDS}")
+        if (self.noise_kind == "confusion") != (self.noise_target is not None):
+            raise ConfigError("data.noise_target (one target class per class) goes with data.noise_kind=confusion")
 
 
 @dataclass
@@ -116,7 +122,7 @@ class RecordConfig:
 class RefineConfig:
     rounds: int = 2  # refine + fine-tune this many times (Table 2: "refinement again")
     bands: list[str] = field(default_factory=lambda: ["1-5"])  # united into one training list
-    drop_loss_above: float | None = 9.0
+    drop_loss_above: float | str | None = 9.0  # nats; 'auto': per class, from the losses (refine/threshold.py)
     drop_quantile: float | None = None
     per_class: int | None = None  # width of the median band
 
@@ -134,6 +140,8 @@ class RefineConfig:
                 parse_band(band)
             except ValueError as e:
                 raise ConfigError(f"refine.bands: {e}") from None
+        if isinstance(self.drop_loss_above, str) and self.drop_loss_above != "auto":
+            raise ConfigError(f"refine.drop_loss_above must be a number, 'auto' or null, got {self.drop_loss_above!r}")
         if self.drop_quantile is not None and not 0 <= self.drop_quantile <= 1:
             raise ConfigError(f"refine.drop_quantile must be in [0, 1], got {self.drop_quantile}")
         if self.per_class is not None and self.per_class < 1:

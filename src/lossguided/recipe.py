@@ -17,7 +17,7 @@ from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differe
 from lossguided.engine.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
 from lossguided.losstable import LossTable
-from lossguided.refine.apply import select_from_table, selection_stats, write_selection
+from lossguided.refine.apply import select_with_info, selection_stats, write_selection
 
 log = logging.getLogger("lossguided")
 
@@ -88,9 +88,15 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
             _finish(rec_dir, {"losses": f"{rec_dir.name}/losses.npz"})
         if not (row := _done(ft_dir)):
             table = LossTable.load(rec_dir / "losses.npz")
-            ids = select_from_table(table, bands=cfg.refine.bands, drop_loss_above=cfg.refine.drop_loss_above,
-                                    drop_quantile=cfg.refine.drop_quantile, per_class=cfg.refine.per_class)  # fmt: skip
-            stats = selection_stats(table, ids)
+            refine = cfg.refine
+            ids, info = select_with_info(
+                table,
+                bands=refine.bands,
+                drop_loss_above=refine.drop_loss_above,
+                drop_quantile=refine.drop_quantile,
+                per_class=refine.per_class,
+            )
+            stats = selection_stats(table, ids) | info
             if get_info().is_main:
                 write_selection(table, ids, ft_dir / "selected.csv")
             ids = broadcast_object(ids)

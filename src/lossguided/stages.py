@@ -40,11 +40,7 @@ class Splits:
 
 
 def fashion_mnist_options(data: DataConfig) -> fashion_mnist.FashionMnistOptions:
-    return fashion_mnist.FashionMnistOptions(
-        data_dir=data.data_dir, imbalance_ratio=data.imbalance_ratio, noise_rate=data.noise_rate,
-        noise_kind=data.noise_kind, seed=data.data_seed, val_per_class=data.val_per_class,
-        train_limit=data.train_limit,
-    )  # fmt: skip
+    return fashion_mnist.options_from(data)
 
 
 def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train: bool = True) -> Splits:

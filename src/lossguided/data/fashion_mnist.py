@@ -38,6 +38,18 @@ class FashionMnistOptions:
     seed: int = 0
     val_per_class: int = 100
     train_limit: int | None = None  # keep only this many training samples (tests, quick runs)
+    noise_target: tuple[int, ...] | None = None  # confusion noise: class c -> noise_target[c]
+    noisy_val: bool = False  # val carries the same noise as train (a user's val usually does)
+
+
+def options_from(data) -> FashionMnistOptions:
+    """The options of a `DataConfig` (the one place its fields map to the built-in data's)."""
+    target = tuple(data.noise_target) if data.noise_target is not None else None
+    return FashionMnistOptions(
+        data_dir=data.data_dir, imbalance_ratio=data.imbalance_ratio, noise_rate=data.noise_rate,
+        noise_kind=data.noise_kind, seed=data.data_seed, val_per_class=data.val_per_class,
+        train_limit=data.train_limit, noise_target=target, noisy_val=data.noisy_val,
+    )  # fmt: skip
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -76,17 +88,23 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
         [rng.permutation(np.flatnonzero(labels == c))[: options.val_per_class] for c in range(len(classes))]
     ))  # fmt: skip
     if split == "val":
-        return Manifest(ids=val_idx, labels=labels[val_idx], classes=classes, source=NAME + ":val",
-                        images=images[val_idx], true_labels=labels[val_idx])  # fmt: skip
+        true = labels[val_idx]
+        given = _noisy(true, options, seed=options.seed + 4) if options.noisy_val else true
+        return Manifest(ids=val_idx, labels=given, classes=classes, source=NAME + ":val", images=images[val_idx],
+                        true_labels=true)  # fmt: skip
     pool = np.setdiff1d(np.arange(len(labels)), val_idx)
     keep = pool[long_tail_subset(labels[pool], imbalance_ratio=options.imbalance_ratio, seed=options.seed + 1)]
     if options.train_limit is not None and options.train_limit < len(keep):
         keep = np.sort(np.random.default_rng(options.seed + 3).choice(keep, options.train_limit, replace=False))
     true = labels[keep]
-    noisy = add_label_noise(true, rate=options.noise_rate, kind=options.noise_kind, num_classes=len(classes),
-                            seed=options.seed + 2)  # fmt: skip
+    noisy = _noisy(true, options, seed=options.seed + 2)
     return Manifest(ids=keep, labels=noisy, classes=classes, source=NAME + ":train", images=images[keep],
                     true_labels=true)  # fmt: skip
+
+
+def _noisy(true: np.ndarray, options: FashionMnistOptions, *, seed: int) -> np.ndarray:
+    return add_label_noise(true, rate=options.noise_rate, kind=options.noise_kind, num_classes=len(CLASS_NAMES),
+                           seed=seed, target=options.noise_target)  # fmt: skip
 
 
 PATH_PREFIX = NAME + ":"

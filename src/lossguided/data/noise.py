@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISE_KINDS = ("symmetric", "pairflip")
+NOISE_KINDS = ("symmetric", "pairflip", "confusion")
 
 
 def long_tail_counts(class_sizes: np.ndarray, *, imbalance_ratio: float) -> np.ndarray:
@@ -32,12 +32,19 @@ def long_tail_subset(labels: np.ndarray, *, imbalance_ratio: float, seed: int) -
 
 
 def add_label_noise(
-    labels: np.ndarray, *, rate: float, kind: str = "symmetric", num_classes: int | None = None, seed: int = 0
+    labels: np.ndarray,
+    *,
+    rate: float,
+    kind: str = "symmetric",
+    num_classes: int | None = None,
+    seed: int = 0,
+    target: np.ndarray | list[int] | None = None,
 ) -> np.ndarray:
     """Return noisy labels: a `rate` share of samples gets a wrong label. [N] -> [N].
 
-    symmetric: the wrong label is uniform over the other K-1 classes; pairflip: class c becomes (c+1) mod K.
-    Exactly round(rate*N) samples are flipped, so the realized noise rate is the requested one.
+    symmetric: the wrong label is uniform over the other K-1 classes; pairflip: class c becomes (c+1) mod K;
+    confusion: class c becomes target[c], its look-alike (the way product catalogues are wrong: a shirt filed as a
+    T-shirt). Exactly round(rate*N) samples are flipped, so the realized noise rate is the requested one.
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise kind {kind!r} is not one of {NOISE_KINDS}")
@@ -48,6 +55,12 @@ def add_label_noise(
     rng = np.random.default_rng(seed)
     noisy = labels.copy()
     flip = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
+    if kind == "confusion":
+        target = np.asarray(target if target is not None else [], dtype=np.int64)
+        if target.shape != (k,) or (target < 0).any() or (target >= k).any() or (target == np.arange(k)).any():
+            raise ValueError(f"confusion noise needs target: one other class in [0, {k}) per class, got {target}")
+        noisy[flip] = target[labels[flip]]
+        return noisy
     if kind == "symmetric":
         offset = rng.integers(1, k, size=len(flip))
     else:

@@ -14,6 +14,7 @@ from lossguided.io import atomic_path, write_json
 from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
 from lossguided.refine.select import select, union
+from lossguided.refine.threshold import estimate_drop_threshold
 
 
 def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
@@ -29,12 +30,29 @@ def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
     return stats
 
 
-def select_from_table(table: LossTable, *, bands: list[str] | tuple[str, ...], drop_loss_above: float | None,
+def select_from_table(table: LossTable, *, bands: list[str] | tuple[str, ...], drop_loss_above: float | str | None,
                       drop_quantile: float | None, per_class: int | None) -> np.ndarray:  # fmt: skip
-    """Sorted ids of the union of `bands`."""
-    chosen = select(table.ids, table.labels, table.losses, bands=tuple(bands), drop_loss_above=drop_loss_above,
+    """Sorted ids of the union of `bands`; drop_loss_above 'auto' finds a threshold per class from the losses."""
+    return select_with_info(table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile,
+                            per_class=per_class)[0]  # fmt: skip
+
+
+def select_with_info(table: LossTable, *, bands: list[str] | tuple[str, ...], drop_loss_above: float | str | None,
+                     drop_quantile: float | None, per_class: int | None) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """`select_from_table` plus how the drop threshold was found (for the stats, metrics.json and the report)."""
+    ids, labels, losses = table.ids, table.labels, table.losses
+    info: dict = {"drop_loss_above": drop_loss_above}
+    if drop_loss_above == "auto":
+        auto = estimate_drop_threshold(labels, losses, num_classes=len(table.classes))
+        keep = auto.keep_mask(labels, losses)
+        ids, labels, losses = ids[keep], labels[keep], losses[keep]
+        info |= auto.summary()
+        drop_loss_above = None
+    elif isinstance(drop_loss_above, str):
+        raise ValueError(f"drop_loss_above must be a number, 'auto' or None, got {drop_loss_above!r}")
+    chosen = select(ids, labels, losses, bands=tuple(bands), drop_loss_above=drop_loss_above,
                     drop_quantile=drop_quantile, per_class=per_class)  # fmt: skip
-    return union(chosen)
+    return union(chosen), info
 
 
 def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | os.PathLike) -> dict:
@@ -58,16 +76,16 @@ def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | o
 
 
 def select_to_manifest(losses_path: str | os.PathLike, out_csv: str | os.PathLike, *, bands: list[str],
-                       drop_loss_above: float | None = 9.0, drop_quantile: float | None = None,
+                       drop_loss_above: float | str | None = 9.0, drop_quantile: float | None = None,
                        per_class: int | None = None) -> dict:  # fmt: skip
     """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out."""
     table = LossTable.load(losses_path)
     try:
-        ids = select_from_table(table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile,
-                                per_class=per_class)  # fmt: skip
+        ids, info = select_with_info(table, bands=bands, drop_loss_above=drop_loss_above,
+                                     drop_quantile=drop_quantile, per_class=per_class)  # fmt: skip
     except ValueError as e:
         raise DataError(f"{losses_path}: {e}") from None
     files = write_selection(table, ids, out_csv)
-    stats = selection_stats(table, ids) | files
+    stats = selection_stats(table, ids) | info | files
     write_json(Path(out_csv).with_suffix(".stats.json"), stats)
     return stats

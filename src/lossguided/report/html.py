@@ -45,10 +45,21 @@ class ReportOptions:
 
 
 # -- pure parts -------------------------------------------------------------------------------------------------
-def drop_thresholds(losses: np.ndarray, drop_loss_above: float | None, drop_quantile: float | None) -> list:
-    """The selection's drop rules as (name, loss value): samples above either are dropped before ranking."""
+def drop_thresholds(losses: np.ndarray, drop_loss_above: float | str | None, drop_quantile: float | None,
+                    labels: np.ndarray | None = None) -> list:  # fmt: skip
+    """The selection's drop rules as (name, loss value): samples above either are dropped before ranking. For
+    'auto' (a threshold per class) the line drawn is the median of the classes' thresholds."""
     out = []
-    if drop_loss_above is not None:
+    if drop_loss_above == "auto":
+        if labels is not None and len(losses):
+            from lossguided.refine.threshold import estimate_drop_threshold
+
+            auto = estimate_drop_threshold(labels, losses, num_classes=int(labels.max()) + 1)
+            finite = auto.per_class[np.isfinite(auto.per_class)]
+            if finite.size:
+                out.append((f"auto: median of per-class thresholds (est. noise {auto.noise_rate:.1%})",
+                            float(np.median(finite))))  # fmt: skip
+    elif drop_loss_above is not None:
         out.append(("drop_loss_above", float(drop_loss_above)))
     if drop_quantile and len(losses):
         out.append((f"drop_quantile {drop_quantile:g}", float(np.quantile(losses, 1.0 - drop_quantile))))
@@ -205,7 +216,8 @@ def render_page(run: RunFolder, resolver: ImageResolver, options: ReportOptions 
     notices = list(run.notices)
     table = run.table
     losses = table.losses if table is not None else np.empty(0, np.float32)
-    thresholds = drop_thresholds(losses, run.refine_setting("drop_loss_above"), run.refine_setting("drop_quantile"))
+    thresholds = drop_thresholds(losses, run.refine_setting("drop_loss_above"), run.refine_setting("drop_quantile"),
+                                 table.labels if table is not None else None)  # fmt: skip
     high_loss, high_why = high_loss_threshold(losses, thresholds)
     data, counts = gallery_data(table, run.selected_ids, resolver, options, high_loss)
     data["pageSize"] = options.page_size

@@ -165,7 +165,4 @@ def options_from_config(data: dict | None) -> fashion_mnist.FashionMnistOptions:
     from lossguided.config import from_dict
 
     d = from_dict({"data": data or {}}).data
-    return fashion_mnist.FashionMnistOptions(
-        data_dir=d.data_dir, imbalance_ratio=d.imbalance_ratio, noise_rate=d.noise_rate, noise_kind=d.noise_kind,
-        seed=d.data_seed, val_per_class=d.val_per_class, train_limit=d.train_limit,
-    )  # fmt: skip
+    return fashion_mnist.options_from(d)

@@ -1,0 +1,213 @@
+"""A drop threshold found from the recorded losses alone, per class: `refine.drop_loss_above: auto`.
+
+Why per class: one global cut (the paper's 9 nats, or a valley read off a histogram) is tuned with the answers in
+view and fails on the tail, whose correctly labelled images still have high loss after pre-training; a cut that
+suits the head empties the rarest classes. Why a mixture: after pre-training, a class's average losses are a mix of
+two populations, the labels the model agrees with (low loss) and those it does not (high loss); on a log scale both
+are close to Gaussian. Like DivideMix's clean-probability split, we fit a two-component Gaussian mixture to the
+log-losses, here of every class at once (vectorised EM over a [K, 2] parameter table), and drop a sample when the
+high-loss component is the more probable one (posterior > 0.5), i.e. above the first crossing of the two weighted
+densities. A class is fitted on its own when it has at least `min_fit` samples and its two components are well
+separated (Ashman's D >= `min_separation`); otherwise it takes the global fit's threshold, and where even the
+global fit finds no second mode nothing is dropped (clean data loses nothing). Every class keeps at least its
+`min_keep` lowest-loss samples (the paper's idea that each class keeps a few of its easiest), so no class is emptied.
+
+The estimated noise rate of a class is the share of its samples above its threshold. Pure numpy, O(N) per EM step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AutoThreshold", "estimate_drop_threshold"]
+
+_LOG_FLOOR = 1e-4  # losses below this are one population (perfectly fitted); the floor keeps log finite
+_ITERS = 100
+
+
+@dataclass(frozen=True)
+class AutoThreshold:
+    """Per-class drop thresholds [K] (nats; +inf keeps the whole class) and how they were found."""
+
+    per_class: np.ndarray  # [K] float64
+    global_threshold: float  # from the fit of all losses together (+inf: one mode, nothing dropped)
+    noise_rate: float  # estimated share of wrong labels: samples above their class's threshold
+    noise_rate_per_class: np.ndarray  # [K]
+    fitted_alone: np.ndarray  # [K] bool: the class had its own well-separated fit
+    method: str
+
+    def keep_mask(self, labels: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        """[N] bool: which samples stay (loss <= their class's threshold)."""
+        return np.asarray(losses, dtype=np.float64) <= self.per_class[np.asarray(labels)]
+
+    def summary(self) -> dict:
+        """JSON-ready: what went into the selection stats, metrics.json and the report."""
+        finite = self.per_class[np.isfinite(self.per_class)]
+        return {
+            "drop_threshold_method": self.method,
+            "drop_threshold_global": _json_float(self.global_threshold),
+            "drop_threshold_median": _json_float(float(np.median(finite))) if finite.size else None,
+            "drop_threshold_per_class": [_json_float(t) for t in self.per_class.tolist()],
+            "classes_fitted_alone": int(self.fitted_alone.sum()),
+            "estimated_noise_rate": round(self.noise_rate, 6),
+            "estimated_noise_rate_per_class": [round(r, 6) for r in self.noise_rate_per_class.tolist()],
+        }
+
+
+def estimate_drop_threshold(
+    labels: np.ndarray,
+    losses: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    min_fit: int = 40,
+    min_separation: float = 2.0,
+    min_keep: int = 5,
+) -> AutoThreshold:
+    """Per-class loss thresholds from a two-component mixture of log-losses, with a global fallback.
+
+    labels [N] int (given labels), losses [N] finite >= 0 (average recorded losses). min_fit: fewest samples a class
+    needs for its own fit; min_separation: Ashman's D a fit needs to count as two modes; min_keep: each class keeps
+    at least this many of its lowest-loss samples.
+    """
+    labels = np.asarray(labels)
+    losses = np.asarray(losses, dtype=np.float64)
+    if labels.ndim != 1 or labels.shape != losses.shape or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"labels and losses must be 1-D of one length (integer labels), got {labels.shape} "
+            f"{labels.dtype} and {losses.shape}"
+        )
+    if losses.size and not (np.isfinite(losses).all() and losses.min() >= 0):
+        raise ValueError("losses must be finite and >= 0")
+    if min_fit < 4 or min_keep < 0 or not min_separation > 0:
+        raise ValueError(
+            f"need min_fit >= 4, min_keep >= 0, min_separation > 0; got {min_fit}, {min_keep}, {min_separation}"
+        )
+    k = int(num_classes if num_classes is not None else (labels.max() + 1 if labels.size else 0))
+    x = np.log(np.maximum(losses, _LOG_FLOOR))
+
+    glob = _fit(x, np.zeros(x.size, dtype=np.int64), 1)
+    global_t = float(_threshold(glob)[0]) if _separated(glob, min_separation)[0] else np.inf
+    counts = np.bincount(labels, minlength=k)
+    per = _fit(x, labels, k, init=glob)
+    own = _separated(per, min_separation) & (counts >= min_fit)
+    thresholds = np.where(own, _threshold(per), global_t)
+    thresholds = np.exp(thresholds)  # back to nats; exp(inf) = inf
+    thresholds = np.maximum(thresholds, _kth_smallest(losses, labels, k, min_keep))
+    dropped = np.bincount(labels, weights=losses > thresholds[labels], minlength=k)
+    rate_c = np.divide(dropped, counts, out=np.zeros(k), where=counts > 0)
+    return AutoThreshold(
+        per_class=thresholds,
+        global_threshold=float(np.exp(global_t)),
+        noise_rate=float(dropped.sum() / max(losses.size, 1)),
+        noise_rate_per_class=rate_c,
+        fitted_alone=own,
+        method=f"per-class 2-component mixture of log-losses (classes >= {min_fit} samples, D >= {min_separation}), "
+        f"else the global fit; each class keeps >= {min_keep}",
+    )
+
+
+@dataclass
+class _Mixture:
+    """Two Gaussian components per group: index 0 the low-loss (clean) one. Arrays [G, 2]."""
+
+    weight: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+
+
+def _fit(x: np.ndarray, group: np.ndarray, g: int, *, init: _Mixture | None = None) -> _Mixture:
+    """EM for every group at once. Starts from the group's quartiles (or the global fit) and keeps component 0
+    the lower mean."""
+    n = np.bincount(group, minlength=g).astype(np.float64)
+    safe_n = np.maximum(n, 1)
+    mean_all = np.bincount(group, weights=x, minlength=g) / safe_n
+    var_all = np.maximum(np.bincount(group, weights=x * x, minlength=g) / safe_n - mean_all**2, 1e-6)
+    if init is None:
+        sd = np.sqrt(var_all)
+        mean = np.stack([mean_all - sd, mean_all + sd], axis=1)
+        var = np.stack([var_all, var_all], axis=1) / 4
+        weight = np.full((g, 2), 0.5)
+    else:
+        mean = np.repeat(init.mean, g, axis=0)
+        var = np.repeat(init.var, g, axis=0)
+        weight = np.repeat(init.weight, g, axis=0)
+    floor = np.maximum(var_all * 1e-3, 1e-6)[:, None]
+    for _ in range(_ITERS):
+        resp = _responsibility(x, group, weight, mean, var)  # [N] posterior of component 1
+        r = np.stack([1 - resp, resp], axis=1)
+        mass = np.stack([np.bincount(group, weights=r[:, j], minlength=g) for j in range(2)], axis=1)
+        sums = np.stack([np.bincount(group, weights=r[:, j] * x, minlength=g) for j in range(2)], axis=1)
+        sq = np.stack([np.bincount(group, weights=r[:, j] * x * x, minlength=g) for j in range(2)], axis=1)
+        m = np.maximum(mass, 1e-9)
+        new_mean = np.where(mass > 1e-6, sums / m, mean)
+        var = np.maximum(np.where(mass > 1e-6, sq / m - new_mean**2, var), floor)
+        mean, weight = new_mean, mass / safe_n[:, None]
+    order = np.argsort(mean, axis=1)
+    take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return _Mixture(take(weight), take(mean), take(var))
+
+
+def _log_density(x: np.ndarray, w: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(w) - 0.5 * np.log(2 * np.pi * var) - 0.5 * (x - mean) ** 2 / var
+
+
+def _responsibility(x, group, weight, mean, var) -> np.ndarray:
+    a = _log_density(x, weight[group, 0], mean[group, 0], var[group, 0])
+    b = _log_density(x, weight[group, 1], mean[group, 1], var[group, 1])
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = 1.0 / (1.0 + np.exp(a - b))
+    return np.nan_to_num(p, nan=0.5)
+
+
+def _separated(mix: _Mixture, min_separation: float) -> np.ndarray:
+    """[G] bool: two real modes (Ashman's D) each holding at least 2% of the group."""
+    d = np.sqrt(2) * (mix.mean[:, 1] - mix.mean[:, 0]) / np.sqrt(mix.var.sum(axis=1))
+    return (d >= min_separation) & (mix.weight.min(axis=1) >= 0.02)
+
+
+def _threshold(mix: _Mixture) -> np.ndarray:
+    """[G] log-loss where the high component's weighted density first overtakes the low one's, above the low
+    component's mean: the root of a quadratic (equal variances: a linear equation)."""
+    w0, w1 = mix.weight[:, 0], mix.weight[:, 1]
+    m0, m1 = mix.mean[:, 0], mix.mean[:, 1]
+    v0, v1 = mix.var[:, 0], mix.var[:, 1]
+    # log w1 - log s1 - (x-m1)^2/2v1 = log w0 - log s0 - (x-m0)^2/2v0  ->  a x^2 + b x + c = 0
+    a = 0.5 / v0 - 0.5 / v1
+    b = m1 / v1 - m0 / v0
+    with np.errstate(divide="ignore"):
+        c = 0.5 * m0**2 / v0 - 0.5 * m1**2 / v1 + np.log(w1 / w0) - 0.5 * np.log(v1 / v0)
+    out = np.full(len(a), np.nan)
+    lin = np.abs(a) < 1e-12
+    out[lin] = -c[lin] / np.where(b[lin] == 0, np.nan, b[lin])
+    disc = b**2 - 4 * a * c
+    quad = ~lin & (disc >= 0)
+    sq = np.sqrt(np.where(quad, disc, 0))
+    r1 = (-b - sq) / np.where(quad, 2 * a, 1)
+    r2 = (-b + sq) / np.where(quad, 2 * a, 1)
+    lo, hi = np.minimum(r1, r2), np.maximum(r1, r2)
+    first = np.where(lo >= m0, lo, np.where(hi >= m0, hi, np.nan))
+    out[quad] = first[quad]
+    # no crossing above the clean mean: the high component never wins there, so nothing is dropped
+    return np.where(np.isnan(out), np.inf, out)
+
+
+def _kth_smallest(losses: np.ndarray, labels: np.ndarray, k: int, m: int) -> np.ndarray:
+    """[K] the m-th smallest loss of each class (its largest loss when it has fewer; -inf when m = 0 or empty)."""
+    out = np.full(k, -np.inf)
+    if m == 0 or losses.size == 0:
+        return out
+    order = np.lexsort((losses, labels))
+    lab = labels[order]
+    starts = np.searchsorted(lab, np.arange(k))
+    counts = np.bincount(labels, minlength=k)
+    has = counts > 0
+    pos = starts + np.minimum(counts, m) - 1
+    out[has] = losses[order][pos[has]]
+    return out
+
+
+def _json_float(v: float) -> float | None:
+    return None if not np.isfinite(v) else round(float(v), 6)
