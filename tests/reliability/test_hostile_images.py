@@ -86,9 +86,13 @@ def test_a_worker_error_reaches_the_user_as_one_line(tmp_path):
     loader = torch.utils.data.DataLoader(ImageFileDataset(read_csv(csv_path), image_size=16), num_workers=1)
     with pytest.raises(DataError) as e:
         list(loader)
-    assert "Traceback" in str(e.value)  # what torch makes of it
-    line = str(one_line_worker_error(e.value))
-    assert "\n" not in line and name in line and "cannot decode image" in line
+    line = str(e.value)  # torch re-raises it with the worker's traceback as the message; only our line is kept
+    assert "\n" not in line and name in line and "cannot decode image" in line, line
+    wrapped = DataError(
+        f"Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...\n{DataError.__module__}"
+        f".DataError: {line}"
+    )
+    assert str(one_line_worker_error(wrapped)) == line  # any other DataError from a worker, in the trainer
 
 
 def test_the_check_runs_in_parallel_and_is_remembered(tmp_path, monkeypatch):
@@ -138,3 +142,21 @@ def test_sound_files_pass(tmp_path):
     assert verify_image(tmp_path / "img" / "cmyk.jpg") is None
     manifest = read_csv(csv_path)
     assert check_images(manifest) == (manifest, [])
+
+
+@pytest.mark.parametrize("case", ["decompression bomb", "png cut in half", "jpeg zeroed inside"])
+def test_evaluate_command_gives_one_line(tmp_path, capsys, case):
+    from lossguided.engine import checkpoint
+    from lossguided.models import create_model
+
+    name, data, _ = BAD_IMAGES[case]
+    csv_path, row = write_manifest(tmp_path, (name, data))
+    state = {
+        "model": create_model("test_resnet", num_classes=2).state_dict(),
+        "classes": ["a", "b"],
+        "model_name": "test_resnet",
+    }
+    checkpoint.save(tmp_path / "best.pt", state)
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "--test", str(csv_path), "--image-size", "16"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and name in err, err

@@ -31,6 +31,18 @@ log = logging.getLogger("lossguided")
 CHECK_VERSION = 1  # bump when verify_image starts catching more, so remembered checks are redone
 
 
+class UnreadableImageError(DataError):
+    """An image file that does not decode, raised inside a DataLoader worker. The loader re-raises it in the main
+    process as `UnreadableImageError(<the worker's traceback>)`; this keeps only its own last line, so whichever
+    command reads the images (train, evaluate, features) shows the user one line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.startswith(("lossguided.", type(self).__name__)) else last
+        super().__init__(message)
+
+
 def decode_image(path: str, size: int) -> torch.Tensor:
     """Open, decode and resize to size x size RGB (uint8 [3,S,S]); see `data.decode` for how and why."""
     return _decode_image(path, size)
@@ -52,7 +64,7 @@ class ImageFileDataset(Dataset):
         try:
             img = decode_image(self.paths[i], self.image_size)
         except BAD_IMAGE_ERRORS as e:
-            raise DataError(
+            raise UnreadableImageError(
                 f"{self.paths[i]}: id {self.ids[i]}: cannot decode image ({type(e).__name__}: {e})"
             ) from None
         return img, int(self.labels[i]), int(self.ids[i])
@@ -97,8 +109,10 @@ def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
         from lossguided.data.preprocessed import make_preprocessed_dataset
 
         return make_preprocessed_dataset(manifest, image_size=image_size)
-    return ArrayDataset(manifest, image_size=image_size) if manifest.images is not None else \
-        ImageFileDataset(manifest, image_size=image_size)  # fmt: skip
+    if manifest.images is not None:
+        return ArrayDataset(manifest, image_size=image_size)
+    check_images(manifest)  # every command decodes its files once first (remembered: later calls cost a stat each)
+    return ImageFileDataset(manifest, image_size=image_size)
 
 
 class BadImage(NamedTuple):
@@ -129,22 +143,12 @@ def check_images(
     if manifest.paths is None or getattr(manifest, "store", None) is not None:  # in memory, or checked when written
         return manifest, []
     paths = [str(p) for p in manifest.paths]
-    key, missing = _content_key(paths)
-    if missing is not None:
-        pos, e = missing
-        bad = [_bad(manifest, pos, f"{type(e).__name__}: {e.strerror or e}")]
-    else:
-        cache = _cache_file(key, cache_dir)
-        bad = _read_cache(cache, manifest)
-        if bad is None:
-            errors = _verify_all(paths, workers)
-            bad = [_bad(manifest, pos, err) for pos, err in enumerate(errors) if err is not None]
-            try:
-                write_json(
-                    cache, {"version": CHECK_VERSION, "images": len(paths), "bad": [[b.id, b.error] for b in bad]}
-                )
-            except (OSError, DataError) as e:  # a read-only or full home: the check just is not remembered
-                log.debug("could not remember the image check in %s (%s)", cache, e)
+    cache = _cache_file(paths, cache_dir)
+    bad = _read_cache(cache, manifest) if cache is not None else None
+    if bad is None:
+        errors = _verify_all(paths, workers)
+        bad = [_bad(manifest, pos, err) for pos, err in enumerate(errors) if err is not None]
+        _remember(cache, len(paths), bad)
     if not bad:
         return manifest, []
     if not skip_bad:
@@ -161,7 +165,9 @@ def check_images(
         len(manifest),
         bad[0].line(),
     )
-    return manifest.subset(np.flatnonzero(keep)), bad
+    kept = manifest.subset(np.flatnonzero(keep))
+    _remember(_cache_file([str(p) for p in kept.paths], cache_dir), len(kept), [])  # datasets of it: no new check
+    return kept, bad
 
 
 def write_bad_images(path: str | os.PathLike, bad: list[BadImage]) -> None:
@@ -187,25 +193,28 @@ def _bad(manifest: Manifest, pos: int, error: str) -> BadImage:
     return BadImage(manifest.source, row, int(manifest.ids[pos]), str(manifest.paths[pos]), error)
 
 
-def _content_key(paths: list[str]) -> tuple[str, tuple[int, OSError] | None]:
-    """Hash of every path with its size and mtime; or the first file that cannot be stat'ed."""
+def _cache_file(paths: list[str], cache_dir: str | os.PathLike | None) -> Path | None:
+    """Where the check of exactly these files (paths, sizes, mtimes) is remembered; None when one cannot be
+    stat'ed (it is reported by the check, which is then not remembered)."""
     h = hashlib.sha256(f"lossguided image check v{CHECK_VERSION}\0".encode())
-    for pos, p in enumerate(paths):
+    for p in paths:
         try:
             st = os.stat(p)
-        except OSError as e:
-            return "", (pos, e)
+        except OSError:
+            return None
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return h.hexdigest(), None
+    root = cache_dir or os.environ.get("LOSSGUIDED_CACHE")
+    root = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
+    return root / "image-checks" / f"{h.hexdigest()}.json"
 
 
-def _cache_file(key: str, cache_dir: str | os.PathLike | None) -> Path:
-    root = (
-        cache_dir
-        or os.environ.get("LOSSGUIDED_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
-    )
-    return Path(root) / "image-checks" / f"{key}.json"
+def _remember(cache: Path | None, n: int, bad: list[BadImage]) -> None:
+    if cache is None:
+        return
+    try:
+        write_json(cache, {"version": CHECK_VERSION, "images": n, "bad": [[b.id, b.error] for b in bad]})
+    except (OSError, DataError) as e:  # a read-only or full home: the check is just not remembered
+        log.debug("could not remember the image check in %s (%s)", cache, e)
 
 
 def _read_cache(path: Path, manifest: Manifest) -> list[BadImage] | None:
