@@ -97,8 +97,12 @@ def release(folder: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def hold(folder: str | os.PathLike) -> Iterator[None]:
-    """`with hold(out_dir):` the folder is this process's until the block ends (or the process dies)."""
+def hold(folder: str | os.PathLike, *, enabled: bool = True) -> Iterator[None]:
+    """`with hold(out_dir):` the folder is this process's until the block ends (or the process dies).
+    `enabled=False` (a rank that is not the main one) holds nothing."""
+    if not enabled:
+        yield
+        return
     acquire(folder)
     try:
         yield
