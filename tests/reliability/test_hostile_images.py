@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,14 @@ def test_evaluate_command_gives_one_line(tmp_path, capsys, case):
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "--test", str(csv_path), "--image-size", "16"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and name in err, err
+
+
+def test_a_run_skips_bad_images_in_every_split(tmp_path):
+    from lossguided.data.datasets import check_all
+
+    name, data, _ = BAD_IMAGES["jpeg cut in half"]
+    train_csv, row = write_manifest(tmp_path / "train", (name, data))
+    val_csv, _ = write_manifest(tmp_path / "val", (name, data))
+    (train, val, test), bad = check_all([read_csv(train_csv), read_csv(val_csv), None], skip_bad=True)
+    assert (len(train), len(val), test) == (6, 6, None)
+    assert [(Path(b.source).parent.name, b.row) for b in bad] == [("train", row), ("val", row)]

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -168,6 +169,19 @@ def check_images(
     kept = manifest.subset(np.flatnonzero(keep))
     _remember(_cache_file([str(p) for p in kept.paths], cache_dir), len(kept), [])  # datasets of it: no new check
     return kept, bad
+
+
+def check_all(
+    manifests: Sequence[Manifest | None], *, skip_bad: bool = False, workers: int | None = None
+) -> tuple[list[Manifest | None], list[BadImage]]:
+    """`check_images` over a run's splits (None stays None): the checked splits and every bad image left out."""
+    checked, bad = [], []
+    for m in manifests:
+        if m is not None:
+            m, skipped = check_images(m, skip_bad=skip_bad, workers=workers)
+            bad += skipped
+        checked.append(m)
+    return checked, bad
 
 
 def write_bad_images(path: str | os.PathLike, bad: list[BadImage]) -> None:
