@@ -11,6 +11,7 @@ import numpy as np
 
 from lossguided.data.manifest import DataError
 from lossguided.io import atomic_path, write_json
+from lossguided.layout import csv_path
 from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
 from lossguided.refine.select import select, union
@@ -63,7 +64,8 @@ def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | o
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", "label"])
-        w.writerows(zip(table.ids[pos].tolist(), table.paths[pos], names[table.labels[pos]], strict=True))
+        paths = [csv_path(p) for p in table.paths[pos]]  # absolute: the CSV reads back from any folder
+        w.writerows(zip(table.ids[pos].tolist(), paths, names[table.labels[pos]], strict=True))
     k = len(table.classes)
     available = np.bincount(table.labels, minlength=k)
     chosen = np.bincount(table.labels[pos], minlength=k)

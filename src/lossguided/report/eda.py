@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from lossguided.data.manifest import Manifest
 from lossguided.io import atomic_path, safe_cell, write_json
+from lossguided.layout import csv_path
 from lossguided.report import figures
 from lossguided.report.images import _no_bar, array_digest, file_digest, header_size
 
@@ -224,7 +225,7 @@ def format_summary(result: dict) -> str:
 
 def _display_paths(manifest: Manifest) -> list[str]:
     if manifest.paths is not None:
-        return [str(p) for p in manifest.paths]
+        return [csv_path(p) for p in manifest.paths]  # absolute, as in every CSV the tool writes
     return [f"{manifest.source}#{int(i)}" for i in manifest.ids]
 
 
