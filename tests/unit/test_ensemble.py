@@ -309,3 +309,47 @@ def test_cuda_matches_cpu():
     for fast in (False, True):
         gpu = ensemble_topk(models, k=3, fast=fast, device="cuda")
         assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[1], cpu[1])
+
+
+def test_features_from_loader_workers_equal_the_main_process(image_csv):
+    """Extraction decodes images in DataLoader workers (in order, batches straddling chunks) and gets exactly what a
+    single-process pass gets."""
+    from lossguided.data.datasets import make_dataset
+    from lossguided.data.manifest import read_csv
+    from lossguided.ensemble.extract import _Features
+    from lossguided.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet", num_classes=3, pretrained=False).eval()
+    dataset = make_dataset(read_csv(image_csv), image_size=16)
+    order = np.array([5, 3, 0, 1, 2, 4] + list(range(6, 24)))
+    cpu = torch.device("cpu")
+    ref = _Features(model, dataset, order, tta="hflip", batch_size=24, device=cpu, workers=0).take(24)
+    feats = _Features(model, dataset, order, tta="hflip", batch_size=5, device=cpu, workers=2)
+    assert feats.batches._num_workers == 2  # 24 rows >= 4 batches of 5: workers are used
+    got = torch.cat([feats.take(n) for n in (7, 0, 11, 6)])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_takes_the_bf16_scan_only_where_it_is_native_and_faster(monkeypatch):
+    from lossguided.ensemble import combine
+
+    def choice(flags, fp32_s, bf16_s):
+        combine._choose_scan.cache_clear()
+        monkeypatch.setattr(combine, "_cpu_flags", lambda: set(flags))
+        monkeypatch.setattr(combine, "_gemm_seconds", lambda dev, dtype: fp32_s if dtype == torch.float32 else bf16_s)
+        return combine.choose_scan("cpu")
+
+    try:
+        avx2 = choice({"avx2", "fma"}, 1.0, 0.1)  # bf16 would be emulated, whatever a timing says
+        assert not avx2.bf16 and avx2.name == "fp32" and "avx512_bf16 or amx_bf16" in avx2.reason
+        assert not choice({"avx512_bf16"}, 1.0, 0.9).bf16  # native but not measured faster
+        assert choice({"amx_bf16"}, 1.0, 0.3).bf16
+        models = random_models(4, 60, 200)
+        combine._choose_scan.cache_clear()
+        exact = ensemble_topk(models, k=2)
+        assert all(torch.equal(a, b) for a, b in zip(ensemble_topk(models, k=2, fast="auto"), exact, strict=True))
+        with pytest.raises(ValueError, match="fast='yes'"):
+            ensemble_topk(models, fast="yes")
+    finally:
+        combine._choose_scan.cache_clear()

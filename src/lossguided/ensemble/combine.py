@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["HeadFeatures", "ensemble_topk", "logit_memory_bytes"]
+__all__ = ["HeadFeatures", "ScanChoice", "choose_scan", "ensemble_topk", "logit_memory_bytes"]
 
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
@@ -153,6 +153,83 @@ def _bf16_gemm_sound(device: str) -> bool:
     exact = a.double() @ b.double()
     rel = float(((got - exact).abs() / exact).max())
     return rel <= 2.0**-8 + 2 * _gamma(8192, U32)
+
+
+class ScanChoice(NamedTuple):
+    """Which screening scan `ensemble_topk(fast="auto")` takes on a device, and why."""
+
+    bf16: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_MIN_SPEEDUP = 1.5  # the bf16 scan adds a bound check and a fallback: it must beat fp32 GEMMs clearly
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _gemm_seconds(
+    device: torch.device, dtype: torch.dtype, *, rows: int = 512, dim: int = 1024, cols: int = 2048
+) -> float:
+    """Best of 3 timed [rows, dim] x [dim, cols] GEMMs (after one warm-up), the shape of a scan's tile."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(rows, dim, generator=gen).to(device=device, dtype=dtype)
+    b = torch.rand(dim, cols, generator=gen).to(device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(4):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def _choose_scan(device: str) -> ScanChoice:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_bf16_supported(including_emulation=False):
+            return ScanChoice(False, f"{device}: no native bf16 matmul")
+    elif dev.type == "cpu":
+        flags = _cpu_flags() & set(BF16_CPU_FLAGS)
+        if not flags:
+            return ScanChoice(False, f"CPU without {' or '.join(BF16_CPU_FLAGS)} (bf16 matmul would be emulated)")
+    else:
+        return ScanChoice(False, f"{device}: bf16 speed unknown on this device type")
+    with _ieee_matmul(dev):
+        fp32, bf16 = _gemm_seconds(dev, torch.float32), _gemm_seconds(dev, torch.bfloat16)
+    speedup = fp32 / bf16
+    if speedup < BF16_MIN_SPEEDUP:
+        return ScanChoice(False, f"{device}: bf16 GEMM measured {speedup:.2f}x fp32 (< {BF16_MIN_SPEEDUP}x)")
+    if not _bf16_gemm_sound(device):
+        return ScanChoice(False, f"{device}: bf16 matmul does not accumulate in float32")
+    return ScanChoice(True, f"{device}: native bf16, GEMM measured {speedup:.2f}x fp32")
+
+
+def choose_scan(device: str | torch.device | None = None) -> ScanChoice:
+    """The screening scan `fast="auto"` takes on `device` (default CPU): bf16 only where bf16 matmul is native (CPU
+    flags avx512_bf16/amx_bf16; CUDA bf16 support) and a GEMM of a tile's shape measured at least
+    BF16_MIN_SPEEDUP times faster than fp32; measured once per device and process. Both scans give the same result."""
+    return _choose_scan(str(torch.device(device) if device is not None else torch.device("cpu")))
 
 
 class _TileTops:
@@ -439,7 +516,7 @@ def ensemble_topk(
     k: int = 1,
     chunk_rows: int = 4096,
     tile_classes: int = 4096,
-    fast: bool = False,
+    fast: bool | str = False,
     device: str | torch.device | None = None,
     candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,7 +526,8 @@ def ensemble_topk(
     rows and K classes; feature dims may differ between models (no id or class checks here: see check_compatible).
     Rows go ``chunk_rows`` at a time and classes ``tile_classes`` at a time, so memory stays near
     chunk_rows x (tile_classes + sum of D) x 4 bytes whatever N and K. ``fast`` scans with one bfloat16 GEMM (inputs
-    rounded, float32 accumulation) instead of float32 ones. Each class tile keeps its ``candidates`` best classes
+    rounded, float32 accumulation) instead of float32 ones; ``fast="auto"`` takes it only where it pays
+    (`choose_scan`). Each class tile keeps its ``candidates`` best classes
     per row (default max(k, 16) fast, max(k, 4) exact); a row whose error margin could reach a class left out is
     recomputed in float32. Both paths then rescore the surviving candidates canonically in float64 and return the
     same result: indices int64 [N, k] and scores float32 [N, k], on the CPU, best first, ties to the lower class.
@@ -465,6 +543,10 @@ def ensemble_topk(
     if not sets:
         raise ValueError("sets is empty: nothing to ensemble")
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if fast == "auto":
+        fast = choose_scan(dev).bf16
+    elif not isinstance(fast, bool):
+        raise ValueError(f"fast={fast!r}: must be True, False or 'auto'")
     n_keep = max(k, 16 if fast else 4) if candidates is None else int(candidates)
     if n_keep < k:
         raise ValueError(f"candidates={candidates}: must be >= k={k}")
