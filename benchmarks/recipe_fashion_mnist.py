@@ -109,7 +109,7 @@ class Bench:
         self.recipe_row("clean", 0, "auto")  # trains the clean model if needed
         cfg = self.cfg("clean", 0)
         splits = stages.load_splits(cfg.data)
-        probs = predict_probs(self.dir("clean", "recipe_auto", 0) / "pretrain" / "best.pt", splits.val, cfg)
+        probs = predict_probs(self.pretrained("clean", 0), splits.val, cfg)
         k = len(splits.classes)
         conf = np.zeros((k, k), dtype=np.int64)
         np.add.at(conf, (splits.val.true_labels, probs.argmax(1)), 1)
@@ -142,6 +142,7 @@ class Bench:
             out = self.dir(setting, f"recipe_{variant}", seed)
             if variant != "auto":
                 self.recipe_row(setting, seed, "auto")
+                self.pretrained(setting, seed)
                 _share_stage(self.dir(setting, "recipe_auto", seed), out, "pretrain")
                 if variant == "ensemble":  # the same rounds, then the extra seeds
                     for stage in ("record1", "refine1", "record2", "refine2"):
@@ -164,6 +165,16 @@ class Bench:
             return row
 
         return self.cached(setting, f"recipe_{variant}", seed, run)
+
+    def pretrained(self, setting: str, seed: int) -> Path:
+        """The noisy pre-trained checkpoint of the auto recipe (its cached row may outlive the model folder: the
+        pre-training is then run again, which is deterministic on CPU)."""
+        out = self.dir(setting, "recipe_auto", seed)
+        if not (out / "pretrain" / "done.json").is_file():
+            cfg = self.cfg(setting, seed, **{"refine.drop_loss_above": "auto", "refine.rounds": 0})
+            run_recipe(cfg, out_dir=out / "_pretrain_only")
+            _share_stage(out / "_pretrain_only", out, "pretrain")
+        return out / "pretrain" / "best.pt"
 
     def oracle_plain_row(self, setting: str, seed: int) -> dict:
         def run() -> dict:
@@ -215,7 +226,7 @@ class Bench:
             splits = stages.load_splits(cfg.data)
             train = splits.train
             work = self.dir(setting, "cleanlab", seed)
-            pre = self.dir(setting, "recipe_auto", seed) / "pretrain" / "best.pt"
+            pre = self.pretrained(setting, seed)
             seen = 0
             probs, s = self.oof_probs(cfg, train, splits.val, work / "oof1", init_from=None, section="pretrain")
             seen += s
@@ -477,6 +488,7 @@ DEFAULT_PLAN = [
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="cpu-small", help="recipe name or YAML")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 per process when running several)")
     p.add_argument("--work", default="runs/bench-v2", help="model folders (large, not committed)")
     p.add_argument("--results", default="benchmarks/results/recipe_v2", help="row JSONs (small, committed)")
     p.add_argument(
@@ -488,6 +500,8 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="only print the tables from the cached rows")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bench = Bench(args.recipe, Path(args.work), Path(args.results))
     if not args.table:
         run_plan(bench, args.plan if args.plan is not None else DEFAULT_PLAN)
