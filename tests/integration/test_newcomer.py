@@ -94,3 +94,6 @@ def test_stage_by_stage_block_runs_as_printed(tiny_project, capsys):
     assert "mean_top1_error" in out
     assert (tiny_project / "runs/ft/best.pt").is_file()
     assert not (tiny_project / "runs/losses_record").exists()  # the recording's work folder is gone
+    assert main(["report", "runs", "--out", "runs/report.html"]) == 0  # not a `run` folder: its table and curves
+    page = (tiny_project / "runs/report.html").read_text()
+    assert "SKU-20417-PLATE" in page and "is not a `lossguided run` folder" in page

@@ -87,10 +87,17 @@ JS = r"""
     const cap = el("figcaption");
     cap.appendChild(el("div", "", "id " + s[0]));
     cap.appendChild(el("div", "loss", "loss " + s[2].toFixed(3)));
-    cap.appendChild(el("div", "pred", "pred: " + D.names[s[3]]));
-    if (s[1] !== String(s[0])) cap.appendChild(el("div", "path", s[1].length > 14 ? "…" + s[1].slice(-13) : s[1]));
+    // names and paths keep their tail (SKU-10023-MUG vs SKU-10023-CUP differ at the end); hover shows them whole
+    const pred = el("div", "pred", "→ " + tail(D.names[s[3]], 10));
+    pred.title = "predicted: " + D.names[s[3]];
+    cap.appendChild(pred);
+    if (s[1] !== String(s[0])) cap.appendChild(el("div", "path", tail(s[1], 14)));
     f.appendChild(cap);
     return f;
+  }
+
+  function tail(text, n) {
+    return text.length > n ? "…" + text.slice(-(n - 1)) : text;
   }
 
   function row(kind, title, samples) {

@@ -1,21 +1,23 @@
-"""Read a run folder (`lossguided run` / `train` output) for the report, tolerating an unfinished or interrupted
-run: whatever is missing becomes a notice for the page instead of an error."""
+"""Read a run folder for the report, tolerating an unfinished or interrupted run: whatever is missing becomes a
+notice for the page instead of an error. The folder's layout comes from `lossguided.layout` (what `recipe.py`
+writes). A folder of stage-by-stage commands (`train`, `losses`, `select` into one `--out` parent) is read too:
+its loss table, the selection beside it and the learning curves of its training folders; a folder with no loss
+table and no run is a one-line error naming what the report needs."""
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from lossguided import layout
 from lossguided.data.manifest import DataError
+from lossguided.layout import stage_order  # noqa: F401  (the report's sort key, kept here for callers)
 from lossguided.losstable import LossTable
-
-_STAGE = re.compile(r"(pretrain|record(\d+)|refine(\d+))")
 
 
 @dataclass
@@ -33,37 +35,30 @@ class RunFolder:
         return ((self.config or {}).get("refine") or {}).get(key)
 
 
-def stage_order(name: str) -> tuple[int, int]:
-    """pretrain, record1, refine1, record2, refine2, ..."""
-    m = _STAGE.fullmatch(name)
-    if m is None:
-        return (10**9, 0)
-    if m[1] == "pretrain":
-        return (0, 0)
-    return (int(m[2] or m[3]), 0 if m[2] else 1)
-
-
 def read_run(run_dir: str | Path, *, round: int = 1) -> RunFolder:  # noqa: A002
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"{run}: run folder not found")
     out = RunFolder(path=run, round=round)
+    folder = layout.RunLayout(run)
+    present = folder.present()
+    if not present and not folder.metrics.is_file() and not folder.config.is_file():
+        return _read_loose(out)
     _read_config(out)
-    present = sorted((d.name for d in run.iterdir() if d.is_dir() and _STAGE.fullmatch(d.name)), key=stage_order)
     rounds = (out.config or {}).get("refine", {}).get("rounds") if out.config else None
-    expected = ["pretrain"] + [f"{s}{r}" for r in range(1, (rounds or 0) + 1) for s in ("record", "refine")]
+    expected = folder.stages(rounds or 0)
     for name in expected:
         if name not in present:
             out.notices.append(f"stage {name} has not started (no folder {name}/): the run stopped before it")
     if not present:
         out.notices.append(f"{run} holds no stage folder (pretrain/, record1/, refine1/, ...): is it a run folder?")
     for name in present:
-        if not (run / name / "done.json").is_file():
+        if not (run / name / layout.DONE).is_file():
             out.notices.append(f"stage {name} has no done.json: it was interrupted or is still running, so its "
                                "results are missing (its curve shows the epochs it logged)")  # fmt: skip
     _read_stages(out, present)
     for name in present:
-        records = _read_jsonl(run / name / "metrics.jsonl", out.notices)
+        records = _read_jsonl(run / name / layout.EPOCHS, out.notices)
         if records:
             out.curves.append((name, records))
     _read_losses(out)
@@ -118,7 +113,7 @@ def _read_jsonl(path: Path, notices: list[str]) -> list[dict]:
 
 def _read_losses(out: RunFolder) -> None:
     r = out.round
-    path = out.path / f"record{r}" / "losses.npz"
+    path = layout.RunLayout(out.path).losses(r)
     if not path.is_file():
         out.notices.append(f"record{r}/losses.npz missing: no loss histogram and no per-class gallery "
                            f"(loss recording of round {r} has not finished)")  # fmt: skip
@@ -128,12 +123,63 @@ def _read_losses(out: RunFolder) -> None:
     except DataError as e:
         out.notices.append(f"loss table unreadable: {e}")
         return
-    sel = out.path / f"refine{r}" / "selected.csv"
+    sel = layout.RunLayout(out.path).selected(r)
     if not sel.is_file():
         out.notices.append(f"refine{r}/selected.csv missing: the gallery shows no selected samples")
         return
+    _read_selection(out, sel)
+
+
+def _read_selection(out: RunFolder, sel: Path) -> None:
     try:
         with open(sel, newline="") as f:
             out.selected_ids = np.array(sorted(int(rec["id"]) for rec in csv.DictReader(f)), dtype=np.int64)
     except (KeyError, TypeError, ValueError) as e:
-        out.notices.append(f"refine{r}/selected.csv unreadable ({e!r}): the gallery shows no selected samples")
+        name = sel.relative_to(out.path) if sel.is_relative_to(out.path) else sel
+        out.notices.append(f"{name} unreadable ({e!r}): the gallery shows no selected samples")
+
+
+# -- a folder of stage-by-stage commands ------------------------------------------------------------------------
+def _read_loose(out: RunFolder) -> RunFolder:
+    """`runs/` of the README's stage by stage: pre/ and ft/ (train), losses.npz (losses), clean.csv (select)."""
+    run = out.path
+    tables = sorted(p for pattern in ("*.npz", "*/*.npz") for p in run.glob(pattern) if p.stem != "head")
+    for path in tables:
+        try:
+            out.table = LossTable.load(path)
+        except (DataError, OSError, ValueError, KeyError):
+            continue
+        break
+    if out.table is None:
+        raise DataError(
+            f"{run}: not a `lossguided run` folder (no pretrain/, record1/ or metrics.json) and no loss "
+            "table in it; report needs one of them: a run folder, or a folder holding the .npz of "
+            "`lossguided losses` (with the selected CSV of `lossguided select` and training folders "
+            "beside it)"
+        )
+    used = path.relative_to(run)
+    out.notices.append(
+        f"{run} is not a `lossguided run` folder: the page shows the loss table {used}, the "
+        "selection and the learning curves found beside it, and no stages table"
+    )
+    trained = sorted(d for d in run.iterdir() if d.is_dir() and (d / layout.EPOCHS).is_file())
+    for d in trained:
+        records = _read_jsonl(d / layout.EPOCHS, out.notices)
+        if records:
+            out.curves.append((d.name, records))
+        if out.config is None and (d / layout.CONFIG).is_file():
+            out.config = yaml.safe_load((d / layout.CONFIG).read_text())
+    selections = sorted(p.with_name(p.name.removesuffix(".summary.csv") + ".csv") for p in run.glob("*.summary.csv"))
+    selections = [p for p in selections if p.is_file()]
+    if selections:
+        _read_selection(out, selections[0])
+        stats = selections[0].with_suffix(".stats.json")
+        threshold = json.loads(stats.read_text()).get("drop_loss_above") if stats.is_file() else None
+        if threshold is not None and out.config is not None:
+            out.config.setdefault("refine", {})["drop_loss_above"] = threshold
+    else:
+        out.notices.append(
+            f"no selection (the CSV of `lossguided select`, with its .summary.csv) in {run}: the "
+            "gallery shows no selected samples"
+        )
+    return out
