@@ -163,7 +163,8 @@ def run_eda(manifest: Manifest, out_dir: str | os.PathLike, *, workers: int = 4,
     sorted_counts = counts[order]
     (out / "class_frequency.png").write_bytes(figures.class_frequency(
         sorted_counts, head_classes=summary["head"]["classes"], head_share=summary["head"]["share_of_images"],
-        tail_classes=summary["tail"]["classes"], tail_share=summary["tail"]["share_of_images"]))  # fmt: skip
+        tail_classes=summary["tail"]["classes"], tail_share=summary["tail"]["share_of_images"],
+        names=[names[c] for c in order]))  # fmt: skip
     (out / "image_sizes.png").write_bytes(figures.image_sizes(scan.widths[ok], scan.heights[ok]))
 
     result = {

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 CLEAN, NOISY, MARK = "#3b7dd8", "#d8453b", "#222222"
 
@@ -20,19 +20,60 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def class_frequency(sorted_counts: np.ndarray, *, head_classes: int, head_share: float, tail_classes: int,
-                    tail_share: float) -> bytes:  # fmt: skip
-    """Images per class, classes sorted by size (largest first), log scale, head and tail shaded and labelled."""
-    fig = Figure(figsize=(8, 4))
-    ax = fig.add_subplot()
+def class_frequency(
+    sorted_counts: np.ndarray,
+    *,
+    head_classes: int,
+    head_share: float,
+    tail_classes: int,
+    tail_share: float,
+    names: list[str] | None = None,
+) -> bytes:
+    return to_png(
+        class_frequency_figure(
+            sorted_counts,
+            head_classes=head_classes,
+            head_share=head_share,
+            tail_classes=tail_classes,
+            tail_share=tail_share,
+            names=names,
+        )
+    )
+
+
+NAMED_CLASSES = 40  # up to this many classes, the class-frequency figure names each one under its bar
+
+
+def class_frequency_figure(
+    sorted_counts: np.ndarray,
+    *,
+    head_classes: int,
+    head_share: float,
+    tail_classes: int,
+    tail_share: float,
+    names: list[str] | None = None,
+) -> Figure:
+    """Images per class, classes sorted by size (largest first), log scale, head and tail shaded and labelled.
+    With few classes (<= NAMED_CLASSES) and their `names` (in the same order), each bar is named; otherwise the
+    axis counts ranks in whole numbers (1, 10,000, ...), readable from 4 to 50,000 classes."""
     k = len(sorted_counts)
+    named = names is not None and 0 < k <= NAMED_CLASSES
+    fig = Figure(figsize=(max(8, 0.28 * k) if named else 8, 4))
+    ax = fig.add_subplot()
     y = np.maximum(sorted_counts, 0.8)  # log scale: keep empty classes visible just under 1
     edges = np.arange(k + 1) + 0.5
     ax.stairs(y, edges, baseline=0.8, fill=True, color=CLEAN, alpha=0.6)
     ax.stairs(y, edges, baseline=0.8, color=CLEAN, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlim(0.5, k + 0.5)
-    ax.set_xlabel("class rank (largest first)")
+    if named:
+        ax.set_xticks(np.arange(1, k + 1), [_tail(str(n), 18) for n in names], rotation=60, ha="right", fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("class (largest first)")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):,}"))
+        ax.set_xlabel("class rank (largest first)")
     ax.set_ylabel("images per class (log)")
     ax.set_title(f"Class frequency: {k:,} classes, {int(sorted_counts.sum()):,} images")
     if head_classes:
@@ -43,7 +84,12 @@ def class_frequency(sorted_counts: np.ndarray, *, head_classes: int, head_share:
         ax.axvspan(k - tail_classes + 0.5, k + 0.5, color="#9b59b6", alpha=0.15, linewidth=0)
         ax.text(0.98, 0.94, f"tail: the smallest {_classes(tail_classes)} {tail_share:.1%} of images",
                 transform=ax.transAxes, ha="right", fontsize=9)  # fmt: skip
-    return to_png(fig)
+    return fig
+
+
+def _tail(text: str, n: int) -> str:
+    """Long class names keep their end, where product codes differ (SKU-10023-MUG vs SKU-10023-CUP)."""
+    return text if len(text) <= n else "…" + text[-(n - 1) :]
 
 
 def _classes(n: int) -> str:
@@ -51,15 +97,28 @@ def _classes(n: int) -> str:
 
 
 def image_sizes(widths: np.ndarray, heights: np.ndarray) -> bytes:
-    """Histograms of width, height and aspect ratio (width / height, log scale)."""
+    return to_png(image_sizes_figure(widths, heights))
+
+
+def image_sizes_figure(widths: np.ndarray, heights: np.ndarray) -> Figure:
+    """Histograms of width, height (whole pixels: ticks only at whole numbers, one bar per size when there are
+    few sizes) and aspect ratio (width / height, log scale)."""
     fig = Figure(figsize=(11, 3.2))
     axes = fig.subplots(1, 3)
     if len(widths) == 0:
         for ax in axes:
             ax.text(0.5, 0.5, "no readable image", ha="center", va="center", transform=ax.transAxes)
-        return to_png(fig)
+        return fig
     for ax, values, name in ((axes[0], widths, "width (px)"), (axes[1], heights, "height (px)")):
-        ax.hist(values, bins=_bins(values), color=CLEAN)
+        sizes, counts = np.unique(values, return_counts=True)
+        if len(sizes) <= 12:  # a few sizes (often one): a bar each, named exactly
+            ax.bar(np.arange(len(sizes)), counts, color=CLEAN, width=0.6)
+            ax.set_xticks(np.arange(len(sizes)), [f"{int(v):,}" for v in sizes])
+            ax.set_xlim(-0.8, len(sizes) - 0.2)
+        else:
+            ax.hist(values, bins=_bins(values), color=CLEAN)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(name)
         ax.set_ylabel("images")
     aspect = widths / np.maximum(heights, 1)
@@ -73,7 +132,7 @@ def image_sizes(widths: np.ndarray, heights: np.ndarray) -> bytes:
     axes[2].axvline(1.0, color=MARK, linewidth=0.8, linestyle="--")
     axes[2].set_xlabel("aspect ratio w/h (log)")
     fig.suptitle(f"Image sizes from headers ({len(widths):,} images)")
-    return to_png(fig)
+    return fig
 
 
 def _bins(values: np.ndarray) -> np.ndarray | int:
