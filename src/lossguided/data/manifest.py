@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from lossguided.data.csvread import CsvError, mark_checked, read_columns, was_checked
-from lossguided.data.strings import StringColumn
+from lossguided.data.strings import StringColumn, range_hashes
 
+CHECK_CHUNK = 1 << 18  # rows per step of the existence check
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -255,34 +256,59 @@ def _resolve(raw: StringColumn, root: Path, builtin_prefixes: tuple[str, ...]) -
 def check_files_exist(
     paths: StringColumn, which: np.ndarray | None = None, *, source: str, rows: np.ndarray, threads: int = 16
 ) -> None:
-    """Every path (where `which` is True) names a file: one directory listing per folder, listed in parallel, in
-    place of one stat per image. The first missing file is an error naming its row."""
-    runs: list[tuple[str, int, int]] = []  # (folder, first, stop): rows are usually grouped by folder
-    for i, p in enumerate(paths):
-        folder = p.rpartition(os.sep)[0]
-        if not runs or runs[-1][0] != folder:
-            runs.append((folder, i, i + 1))
-        else:
-            runs[-1] = (folder, runs[-1][1], i + 1)
-    folders = sorted({r[0] for r in runs})
+    """Every path (where `which` is True) names a file: one directory listing per folder, listed in parallel, in place
+    of one stat per image; the (folder, name) pairs are compared as 64-bit hashes, vectorized. The first missing
+    file is an error naming its row."""
+    buf, starts, ends = paths.buffer, paths.offsets[:-1], paths.offsets[1:]
+    n = len(paths)
+    dir_hash, name_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)
+    dir_end, has = np.empty(n, np.int64), np.empty(n, bool)
+    for a in range(0, n, CHECK_CHUNK):  # chunks of rows: the temporaries stay small
+        b = min(n, a + CHECK_CHUNK)
+        s, e = starts[a:b], ends[a:b]
+        seps = np.flatnonzero(buf[s[0] : e[-1]] == ord(os.sep)) + s[0]
+        last = np.searchsorted(seps, e) - 1  # the item's last separator, if it lies inside the item
+        at = seps[np.maximum(last, 0)] if len(seps) else s
+        has[a:b] = (last >= 0) & (at >= s)
+        dir_end[a:b] = np.where(has[a:b], at, s)
+        dir_hash[a:b] = range_hashes(buf, s, dir_end[a:b]) ^ has[a:b].astype(np.uint64)  # "x.jpg" and "/x.jpg"
+        name_hash[a:b] = range_hashes(buf, np.where(has[a:b], at + 1, s), e)
+    _, first = np.unique(dir_hash, return_index=True)
+    folders = [_folder(paths.prefix, buf[starts[i] : dir_end[i]].tobytes(), bool(has[i])) for i in first]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        listing = dict(zip(folders, pool.map(_files_in, folders), strict=True))
-    for folder, first, stop in runs:
-        files = listing[folder]
-        for i in range(first, stop):
-            if which is not None and not which[i]:
-                continue
-            p = paths[i]
-            if p.rpartition(os.sep)[2] not in files:
-                raise DataError(f"{source}: row {rows[i]}: image not found: {p}")
+        listings = list(pool.map(_file_names, folders))
+    counts = np.array([n for _, n in listings], dtype=np.int64)
+    blob = np.frombuffer(b"".join(b for b, _ in listings), dtype=np.uint8)  # names, each followed by NUL
+    cuts = np.flatnonzero(blob == 0)
+    name_starts = np.concatenate([np.zeros(1, np.int64), cuts[:-1] + 1]) if len(cuts) else cuts
+    listed = _pair_keys(np.repeat(dir_hash[first], counts), range_hashes(blob, name_starts, cuts))
+    found = np.isin(_pair_keys(dir_hash, name_hash), listed)
+    missing = np.flatnonzero(~found if which is None else ~found & which)
+    if len(missing):
+        i = int(missing[0])
+        raise DataError(f"{source}: row {rows[i]}: image not found: {paths[i]}")
 
 
-def _files_in(folder: str) -> frozenset[str]:
+def _pair_keys(folder: np.ndarray, name: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return folder * np.uint64(0xFF51AFD7ED558CCD) ^ name
+
+
+def _folder(prefix: str, raw: bytes, has_sep: bool) -> str:
+    """The folder of a path `prefix + raw + sep + name` (or `prefix + name` without a separator in raw)."""
+    if not has_sep:
+        return prefix[:-1] or os.sep if prefix else "."
+    return prefix + (raw.decode("utf-8", errors="surrogateescape") or os.sep)
+
+
+def _file_names(folder: str) -> tuple[bytes, int]:
+    """The names of the files in `folder`, each followed by a NUL byte, and how many; none when it cannot be read."""
     try:
-        with os.scandir(folder or ".") as it:
-            return frozenset(e.name for e in it if e.is_file())
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if e.is_file()]
     except OSError:
-        return frozenset()
+        return b"", 0
+    return b"".join(os.fsencode(n) + b"\0" for n in names), len(names)
 
 
 def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = None) -> Manifest:
