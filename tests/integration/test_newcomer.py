@@ -97,3 +97,37 @@ def test_stage_by_stage_block_runs_as_printed(tiny_project, capsys):
     assert main(["report", "runs", "--out", "runs/report.html"]) == 0  # not a `run` folder: its table and curves
     page = (tiny_project / "runs/report.html").read_text()
     assert "SKU-20417-PLATE" in page and "is not a `lossguided run` folder" in page
+
+
+def test_run_keeps_weights_only_in_finished_stages_and_prints_its_disk_use(tiny_project, capsys):
+    import torch
+
+    from lossguided.cli import main
+
+    args = [
+        "run",
+        "cpu-small",
+        "--train",
+        "train.csv",
+        "--val",
+        "val.csv",
+        "--workers",
+        "0",
+        "--image-size",
+        "16",
+        "--set",
+        "pretrain.epochs=1",
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "refine.rounds=1",
+    ]
+    assert main([*args, "--out", "runs/a"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"runs/a: [\d.]+ [KMG]?B on disk \([\d.]+ [KMG]?B of optimizer state dropped", out), out
+    for ckpt in Path("runs/a").rglob("*.pt"):
+        assert "optimizer" not in torch.load(ckpt, weights_only=True), ckpt
+    assert main([*args, "--out", "runs/a"]) == 0  # a rerun finds every stage done
+    assert "optimizer state dropped" not in capsys.readouterr().out
+    assert main([*args, "--out", "runs/b", "--keep-optimizer"]) == 0
+    assert "optimizer" in torch.load("runs/b/pretrain/last.pt", weights_only=True)
