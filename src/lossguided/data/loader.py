@@ -59,6 +59,20 @@ class NoSingletonBatchSampler(BatchSampler):
         return full + (rest > 1 or (rest == 1 and full == 0))
 
 
+class Loader(DataLoader):
+    """A DataLoader with the resumable API a trainer needs, so that it never reaches into the sampler: `set_epoch`
+    picks the epoch's shuffle (from the seed: a resumed run sees the same order) and `skip` leaves out the first
+    batches of the next pass (the ones trained before a mid-epoch resume)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.sampler.set_epoch(epoch)
+
+    def skip(self, batches: int) -> None:
+        if batches < 0:
+            raise ValueError(f"cannot skip {batches} batches")
+        self.batch_sampler.skip = batches
+
+
 def create_loader(
     dataset: Dataset,
     *,
@@ -70,14 +84,14 @@ def create_loader(
     persistent_workers: bool = True,
     prefetch_factor: int = 2,
     info: DistInfo | None = None,
-) -> DataLoader:
+) -> Loader:
     """Every rank gets its shard (DistributedSampler pads the last one; the loss recorder de-duplicates)."""
     info = info or get_info()
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
                                  drop_last=False)  # fmt: skip
     in_memory = hasattr(dataset, "__getitems__")
     workers = 0 if in_memory else min(workers, os.cpu_count() or 1)
-    return DataLoader(
+    return Loader(
         dataset,
         batch_sampler=NoSingletonBatchSampler(sampler, batch_size),
         num_workers=workers,
