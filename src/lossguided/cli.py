@@ -196,6 +196,10 @@ def cmd_losses(args: argparse.Namespace) -> int:
     from lossguided import stages
     from lossguided.engine import checkpoint
 
+    if Path(args.out).suffix != ".npz":
+        raise config_mod.ConfigError(
+            f"--out {args.out}: the loss table is a .npz file; name it {Path(args.out).stem}.npz"
+        )
     state = checkpoint.load(args.checkpoint)
     cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
     flags = {**DATA_FLAGS}
@@ -629,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--verbose",
             action="store_true",
             default=argparse.SUPPRESS,
-            help="debug logging, and a traceback for unexpected errors",
+            help="debug logging",
         )
     return parser
 

@@ -73,3 +73,11 @@ def test_global_flags_after_the_command_and_timm_aliases():
         ]
     )
     assert (args.predictions, args.batch_size, args.workers, args.top_k) == ("p.csv", 4, 0, 2)
+
+
+def test_a_loss_table_named_other_than_npz_is_one_line(tmp_path, capsys):
+    from lossguided.cli import main
+
+    assert main(["losses", "--checkpoint", "x.pt", "--train", "t.csv", "--out", str(tmp_path / "l.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the loss table is a .npz file; name it l.npz" in err[0]
