@@ -32,11 +32,11 @@ from lossguided.data.datasets import one_line_worker_error
 from lossguided.data.loader import create_loader
 from lossguided.data.manifest import ClassMap, DataError
 from lossguided.data.transforms import BatchTransform
+from lossguided.disk import DiskFullError
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import (
     all_gather_objects,
     all_reduce_sum,
-    barrier,
     broadcast_buffers,
     default_device,
     get_info,
@@ -289,34 +289,48 @@ class Trainer:
         record = {k: v.item() if hasattr(v, "item") else v for k, v in record.items()}  # plain numbers
         self.history.append(record)
         rngs = all_gather_objects(self._rng_state())  # every rank's generators, so a resumed run flips the same
+        self._on_main(lambda: self._write_epoch(rngs, improved))
+
+    def _write_epoch(self, rngs: list, improved: bool) -> None:
+        state = self.state_dict() | {"rng_ranks": rngs}
+        files = [(self.out_dir / "last.pt", state)]
+        if improved:
+            drop = ("optimizer", "recorder", "rng", "rng_ranks", "history")
+            files.insert(0, (self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop}))
+        checkpoint.ensure_room(self.out_dir, [s for _, s in files])
+        metrics = self.out_dir / "metrics.jsonl"
+        with atomic_paths(*(p for p, _ in files), metrics) as tmps:
+            for tmp, (_, s) in zip(tmps, files, strict=False):
+                checkpoint.write(tmp, s)
+            tmps[-1].write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _on_main(self, write) -> None:
+        """`write()` on the main rank; then every rank learns whether it met a full disk, so all stop together
+        with its line instead of the others waiting forever in the next collective. A barrier for the rest."""
+        error = None
         if self.info.is_main:
-            state = self.state_dict() | {"rng_ranks": rngs}
-            files = [(self.out_dir / "last.pt", state)]
-            if improved:
-                drop = ("optimizer", "recorder", "rng", "rng_ranks", "history")
-                files.insert(0, (self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop}))
-            checkpoint.ensure_room(self.out_dir, [s for _, s in files])
-            metrics = self.out_dir / "metrics.jsonl"
-            with atomic_paths(*(p for p, _ in files), metrics) as tmps:
-                for tmp, (_, s) in zip(tmps, files, strict=False):
-                    checkpoint.write(tmp, s)
-                tmps[-1].write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        barrier()
+            try:
+                write()
+            except DiskFullError as e:
+                error = e
+        failed = all_gather_objects(None if error is None else str(error))[0]
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise DiskFullError(failed)
 
     def _save_mid_epoch(self, batches: int, total: torch.Tensor, seen: int) -> None:
         """last.pt inside an epoch: the weights after `batches` batches, each rank's running loss and generators,
         and the epoch's recorded losses so far. best.pt and metrics.jsonl only change at the end of an epoch."""
         pending = self.recorder.pending_state() if self.recorder is not None else None
         ranks = all_gather_objects({**self._rng_state(), "total": float(total.item()), "seen": seen})
-        if self.info.is_main:
-            rngs = [{"cpu": r["cpu"], "cuda": r["cuda"]} for r in ranks]
-            progress = {"batches": batches, "world_size": self.info.world_size,
-                        "totals": [r["total"] for r in ranks], "seen": [r["seen"] for r in ranks]}  # fmt: skip
-            state = self.state_dict() | {"rng_ranks": rngs, "mid_epoch": progress}
-            if pending is not None:
-                state["recorder_pending"] = pending
-            checkpoint.save(self.out_dir / "last.pt", state)
-        barrier()
+        rngs = [{"cpu": r["cpu"], "cuda": r["cuda"]} for r in ranks]
+        totals, seen_by_rank = [r["total"] for r in ranks], [r["seen"] for r in ranks]
+        progress = {"batches": batches, "world_size": self.info.world_size, "totals": totals, "seen": seen_by_rank}
+        state = {"rng_ranks": rngs, "mid_epoch": progress}
+        if pending is not None:
+            state["recorder_pending"] = pending
+        self._on_main(lambda: checkpoint.save(self.out_dir / "last.pt", self.state_dict() | state))
 
     def _resume(self) -> int | None:
         path = self.out_dir / "last.pt"
