@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from lossguided.data.decode import BAD_IMAGE_ERRORS, verify_image
 from lossguided.data.decode import decode_image as _decode_image
@@ -122,6 +124,7 @@ class BadImage(NamedTuple):
     id: int
     path: str
     error: str
+    pos: int  # position in the manifest
 
     def line(self) -> str:
         return f"{self.source}: row {self.row}: id {self.id}: unreadable image {self.path} ({self.error})"
@@ -156,7 +159,7 @@ def check_images(
         more = f" ({len(bad) - 1} more bad images)" if len(bad) > 1 else ""
         raise DataError(f"{bad[0].line()}{more}; fix or remove it, or pass --skip-bad-images to leave it out")
     keep = np.ones(len(manifest), dtype=bool)
-    keep[manifest.positions_of(np.array([b.id for b in bad], dtype=np.int64))] = False
+    keep[[b.pos for b in bad]] = False
     if not keep.any():
         raise DataError(f"{manifest.source}: no image could be decoded (first: {bad[0].line()})")
     log.warning(
@@ -204,7 +207,7 @@ def one_line_worker_error(e: DataError) -> DataError:
 
 def _bad(manifest: Manifest, pos: int, error: str) -> BadImage:
     row = int(manifest.rows[pos]) if manifest.rows is not None else pos
-    return BadImage(manifest.source, row, int(manifest.ids[pos]), str(manifest.paths[pos]), error)
+    return BadImage(manifest.source, row, int(manifest.ids[pos]), str(manifest.paths[pos]), error, pos)
 
 
 def _cache_file(paths: list[str], cache_dir: str | os.PathLike | None) -> Path | None:
@@ -226,7 +229,7 @@ def _remember(cache: Path | None, n: int, bad: list[BadImage]) -> None:
     if cache is None:
         return
     try:
-        write_json(cache, {"version": CHECK_VERSION, "images": n, "bad": [[b.id, b.error] for b in bad]})
+        write_json(cache, {"version": CHECK_VERSION, "images": n, "bad": [[b.pos, b.error] for b in bad]})
     except (OSError, DataError) as e:  # a read-only or full home: the check is just not remembered
         log.debug("could not remember the image check in %s (%s)", cache, e)
 
@@ -236,8 +239,7 @@ def _read_cache(path: Path, manifest: Manifest) -> list[BadImage] | None:
         saved = json.loads(path.read_text())
         if saved.get("version") != CHECK_VERSION or saved.get("images") != len(manifest):
             return None
-        pos = manifest.positions_of(np.array([i for i, _ in saved["bad"]], dtype=np.int64))
-        return [_bad(manifest, int(p), err) for p, (_, err) in zip(pos, saved["bad"], strict=True)]
+        return [_bad(manifest, int(pos), str(err)) for pos, err in saved["bad"] if 0 <= int(pos) < len(manifest)]
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -249,5 +251,17 @@ def _verify_all(paths: list[str], workers: int | None) -> list[str | None]:
     if workers <= 1:
         return [verify_image(p) for p in paths]
     log.info("checking %d images (a full decode each, %d processes; remembered for the next run)", len(paths), workers)
+    chunk = max(1, min(256, len(paths) // (workers * 8)))
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(verify_image, paths, chunksize=max(1, min(256, len(paths) // (workers * 8)))))
+        results = pool.map(verify_image, paths, chunksize=chunk)
+        return list(
+            tqdm(
+                results,
+                total=len(paths),
+                desc="check images",
+                unit="img",
+                leave=False,
+                file=sys.stderr,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            )
+        )
