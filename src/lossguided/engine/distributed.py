@@ -57,15 +57,17 @@ def barrier() -> None:
 
 
 def all_gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
-    """Gather a 1-D tensor of any length from every rank (lengths may differ across ranks)."""
+    """Gather a tensor from every rank along dim 0, whose length may differ across ranks (the other dims must
+    agree): [N_r, ...] per rank, in rank order."""
     if not (dist.is_available() and dist.is_initialized()):
         return [t]
-    n = torch.tensor([t.numel()], device=t.device)
+    n = torch.tensor([t.shape[0] if t.ndim else 1], device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
     longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
-    padded[: t.numel()] = t
+    t = t.reshape(-1) if t.ndim == 0 else t.contiguous()
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
     return [o[: int(s.item())] for o, s in zip(out, sizes, strict=True)]
