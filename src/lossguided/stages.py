@@ -23,7 +23,7 @@ from lossguided.engine.evaluate import evaluate
 from lossguided.engine.recorder import LossRecorder
 from lossguided.engine.trainer import FitResult, Trainer, seed_everything
 from lossguided.losstable import LossTable
-from lossguided.models import create_model
+from lossguided.models import create_model, load_model
 
 log = logging.getLogger("lossguided")
 
@@ -152,9 +152,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, manifest: Manifest, *, imag
     manifest = manifest.with_classes(classes)
     cfg_dict = state.get("config") or {}
     cfg = from_dict(cfg_dict) if cfg_dict else RecipeConfig()
-    model = create_model(state.get("model_name") or cfg.model.name, num_classes=len(classes))
-    model.load_state_dict(state["model"])
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model.to(device)
+    model, _ = load_model(state, device=device)  # the one place a checkpoint becomes a model
     ds = make_dataset(manifest, image_size=image_size or cfg.data.image_size)
     return evaluate(model, ds, class_names=classes.names, batch_size=batch_size, loader_kwargs=loader_kw)
