@@ -56,3 +56,30 @@ def test_checkpoint_space_is_checked_before_the_first_byte(tmp_path, monkeypatch
         checkpoint.save(tmp_path / "last.pt", {"model": {"w": checkpoint.torch.zeros(2**20)}, "classes": ["a"]})
     assert (tmp_path / "last.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_training_without_room_for_its_checkpoints_stops_before_the_first_epoch(tmp_path, monkeypatch):
+    import numpy as np
+
+    from lossguided.config import TrainConfig
+    from lossguided.data.datasets import make_dataset
+    from lossguided.data.manifest import ClassMap, Manifest
+    from lossguided.engine.trainer import Trainer
+    from lossguided.models import create_model
+
+    classes = ClassMap(("a", "b"))
+    m = Manifest(
+        ids=np.arange(8), labels=np.arange(8) % 2, classes=classes, source="mem", images=np.zeros((8, 16, 16), np.uint8)
+    )
+    trainer = Trainer(
+        create_model("test_resnet", num_classes=2),
+        make_dataset(m, image_size=16),
+        classes=classes,
+        cfg=TrainConfig(epochs=1, batch_size=4),
+        out_dir=tmp_path,
+    )
+    trainer.train_epoch = lambda: pytest.fail("an epoch ran on a disk without room for its checkpoints")
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 2**20)
+    with pytest.raises(disk.DiskFullError, match="1.0 MiB free"):
+        trainer.fit()
+    assert not (tmp_path / "last.pt").exists()

@@ -230,6 +230,9 @@ class Trainer:
                 (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         resumed = self._resume() if resume else None
         stopped = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience  # stopped before the kill
+        if self.epoch < self.cfg.epochs and not stopped:  # best.pt and last.pt each hold the weights at least: a
+            weights = self.model.state_dict()  # disk without room for them stops now, not after an epoch's work
+            self._on_main(lambda: checkpoint.ensure_room(self.out_dir, [weights, weights]))
         while self.epoch < self.cfg.epochs and not stopped:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_set is not None:
