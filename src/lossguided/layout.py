@@ -31,6 +31,7 @@ LOSSES = "losses.npz"
 SELECTED = "selected.csv"
 BEST, LAST = "best.pt", "last.pt"
 PRETRAIN, ENSEMBLE = "pretrain", "ensemble"
+SLIMMED = ".weights-only"  # marks a finished stage whose checkpoints were rewritten without optimizer state
 _STAGE = re.compile(r"(pretrain|record(\d+)|refine(\d+))")
 
 
@@ -136,6 +137,9 @@ def drop_optimizer_state(stage_dir: str | os.PathLike) -> int:
 
     from lossguided.engine import checkpoint
 
+    marker = Path(stage_dir) / SLIMMED
+    if marker.is_file():
+        return 0
     freed = 0
     for path in sorted(Path(stage_dir).glob("*.pt")):
         before = path.stat().st_size
@@ -146,15 +150,13 @@ def drop_optimizer_state(stage_dir: str | os.PathLike) -> int:
         state["weights_only"] = True  # resuming this file would restart the optimizer: say so to readers
         checkpoint.save(path, state)
         freed += before - path.stat().st_size
+    marker.write_text("the checkpoints here keep weights only (lossguided.layout.drop_optimizer_state)\n")
     return freed
 
 
 def slim_finished_stages(run_dir: str | os.PathLike) -> int:
-    """`drop_optimizer_state` for every stage of a run folder that has its done.json; bytes freed."""
+    """`drop_optimizer_state` for every stage of a run folder that has its done.json; bytes freed. The ensemble's
+    seed folders keep theirs: a rerun with other seeds or TTA trains that stage again, resuming its seeds."""
     run = RunLayout(run_dir)
-    stage_dirs = [run.root / name for name in run.present()]
-    ens = run.root / ENSEMBLE
-    if (ens / DONE).is_file():
-        stage_dirs += [d for d in sorted(ens.glob("seed*")) if d.is_dir()]
-    finished = [d for d in stage_dirs if (d / DONE).is_file() or (d.parent / DONE).is_file()]
+    finished = [run.root / name for name in run.present() if (run.root / name / DONE).is_file()]
     return sum(drop_optimizer_state(d) for d in finished)
