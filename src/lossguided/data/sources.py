@@ -1,4 +1,8 @@
-"""Turn what a user names on the command line (a CSV, an ImageFolder tree, or `fashion-mnist`) into a manifest."""
+"""Turn what a user names on the command line (a CSV, an ImageFolder tree, or `fashion-mnist`) into a manifest.
+
+Under torchrun a CSV is parsed once per machine: the first rank of each machine reads it (and fills the content-hash
+cache, see `data.csvread`), the others wait at a barrier and then map that cache instead of parsing again.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +35,29 @@ def load_manifest(
     if path.is_dir():
         return read_image_folder(path, classes=classes)
     if path.suffix.lower() == ".csv" or path.is_file():
-        manifest = read_csv(path, classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
+        manifest = _read_csv_once_per_machine(path, classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
         if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():  # e.g. `select`'s output
             options = fashion_mnist_options or fashion_mnist.FashionMnistOptions()
             manifest = fashion_mnist.resolve_paths(manifest, options)
             return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
         return manifest
     raise DataError(f"{spec}: not found (expected a CSV manifest, an ImageFolder directory or 'fashion-mnist')")
+
+
+def _read_csv_once_per_machine(path: Path, **kwargs) -> Manifest:
+    """`read_csv`, by local rank 0 first; every rank reaches the barrier, also when the first read fails."""
+    from lossguided.engine.distributed import barrier, get_info
+
+    info = get_info()
+    if not info.enabled:
+        return read_csv(path, **kwargs)
+    manifest, error = None, None
+    if info.local_rank == 0:
+        try:
+            manifest = read_csv(path, **kwargs)
+        except DataError as e:
+            error = e
+    barrier()
+    if error is not None:
+        raise error
+    return manifest if manifest is not None else read_csv(path, **kwargs)
