@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BAD_IMAGES, write_manifest
+from conftest import BAD_IMAGES, image_bytes, write_manifest
 from PIL import Image
 
 from lossguided.cli import main
@@ -141,6 +141,11 @@ def test_sound_files_pass(tmp_path):
     Image.new("CMYK", (16, 16)).save(buf, format="JPEG")
     (tmp_path / "img" / "cmyk.jpg").write_bytes(buf.getvalue())
     assert verify_image(tmp_path / "img" / "cmyk.jpg") is None
+    jfif = bytearray(image_bytes("JPEG"))
+    at = jfif.index(b"JFIF\0") + 5
+    jfif[at] = 2  # JFIF 2.01: libjpeg warns "unknown JFIF revision", which is harmless
+    (tmp_path / "img" / "jfif2.jpg").write_bytes(bytes(jfif))
+    assert verify_image(tmp_path / "img" / "jfif2.jpg") is None
     manifest = read_csv(csv_path)
     assert check_images(manifest) == (manifest, [])
 

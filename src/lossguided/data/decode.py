@@ -54,6 +54,13 @@ DRAFT_GAP = 1.0  # JPEGs are DCT-scaled to at least DRAFT_GAP * size a side (see
 # decompression bombs (DecompressionBombError is none of those).
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError)
 _MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+# libjpeg(-turbo) warnings that mean damaged data (jerror.h); others ("Warning: unknown JFIF revision") are harmless
+JPEG_DAMAGE = (
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Invalid SOS parameters",
+    "Inconsistent progression sequence",
+)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -168,5 +175,5 @@ def _libjpeg_warning(data: bytes) -> str | None:
             os.dup2(saved, 2)
             os.close(saved)
         sink.seek(0)
-        text = sink.read(500).decode("utf-8", "replace").strip()
-    return text.splitlines()[0] if text else None
+        text = sink.read(4096).decode("utf-8", "replace")
+    return next((line.strip() for line in text.splitlines() if line.strip().startswith(JPEG_DAMAGE)), None)
