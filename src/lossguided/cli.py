@@ -173,7 +173,11 @@ def _resolve(args: argparse.Namespace, *, section: str | None = "pretrain") -> c
             overrides[key] = value
     overrides.update(config_mod.parse_override(o) for o in args.set)
     recipe = getattr(args, "recipe", None) or getattr(args, "preset", None)
-    return config_mod.load(recipe, overrides)
+    cfg = config_mod.load(recipe, overrides)
+    from lossguided.models import check_model_name
+
+    check_model_name(cfg.model.name)  # before any data is read: `resnet10` -> did you mean 'resnet10t'?
+    return cfg
 
 
 # -- subcommands ----------------------------------------------------------------------------------------------

@@ -115,6 +115,10 @@ def test_a_folder_is_resumed_only_by_the_same_run(tmp_path, image_csv, capsys):
     "flags, message",
     [
         (["--model", "no_such_net"], "unknown timm model 'no_such_net'"),
+        (["--model", "resnet10"], "unknown timm model 'resnet10': did you mean 'resnet10t'"),
+        (["--patience", "0"], "pretrain: patience must be >= 1"),
+        (["--lr", "inf"], "pretrain: lr must be a finite number > 0"),
+        (["--workers", "-1"], "data.workers must be >= 0"),
         (["--optimizer", "no_such_opt"], "optimizer 'no_such_opt'"),
         (["--smoothing", "0.9"], "label smoothing eps must be in [0, (K-1)/K = 0.667] for K=3 classes"),
         (["--smoothing", "1.5"], "smoothing must be in [0, 1), got 1.5"),
