@@ -83,6 +83,7 @@ def record_losses(
     model: Any,
     loader: Iterable,
     *,
+    manifest: Manifest | None = None,
     classes: ClassMap | Sequence[str] | None = None,
     paths: Mapping[int, str] | None = None,
     device: Any = None,
@@ -95,8 +96,13 @@ def record_losses(
     averaged. uint8 images (the package's own datasets, `image_dataset`) are normalized as in training; float
     images go to the model as they are. The table also keeps each sample's probability of its given label and its
     five most likely classes.
-    `classes` names the classes (default `0..K-1`); `paths` maps ids to image paths, for the report and suspects.
+    `manifest` (the samples' manifest) names the classes and the images; without it, `classes` names the classes
+    (default `0..K-1`) and `paths` maps ids to image paths, for the report and suspects.
     """
+    if manifest is not None:
+        classes = manifest.classes if classes is None else classes
+        if paths is None and manifest.paths is not None:
+            paths = dict(zip(manifest.ids.tolist(), manifest.paths, strict=True))
     import torch
 
     from lossguided.data.transforms import BatchTransform
