@@ -19,6 +19,21 @@ class DiskFullError(DataError):
     """No room to write: names the file or folder, and the free and needed bytes where they are known."""
 
 
+class WriteError(DataError):
+    """A file or folder that cannot be written at all (read-only, no permission, a path through a file)."""
+
+
+def cannot_write(path: str | os.PathLike, e: OSError) -> WriteError | None:
+    """The one-line error for an OSError raised on `path` itself, its temporary or a folder above it (creating
+    them); None for an error about some other file, which is not ours to explain."""
+    if e.filename is None:
+        return None
+    target, failed = Path(path).absolute(), Path(os.fsdecode(e.filename)).absolute()
+    if failed.parent != target.parent and failed not in target.parents:
+        return None
+    return WriteError(f"cannot write {path}: {e.strerror or e} ({failed})")
+
+
 def is_disk_full(e: BaseException | None) -> bool:
     """True for an OSError of a full disk, also when it is the cause or context of another error (torch.save
     raises RuntimeError 'unexpected pos' with the OSError as its context)."""

@@ -19,14 +19,18 @@ import numpy as np
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike) -> Iterator[None]:
     """Turn a full disk (ENOSPC, EFBIG of a file size limit, EDQUOT) met inside the block into `DiskFullError`
-    naming `path`; also when the OSError hides behind another error (torch.save's 'unexpected pos')."""
+    naming `path`, also when the OSError hides behind another error (torch.save's 'unexpected pos'); and a path
+    that cannot be written at all (read-only, no permission) into `WriteError`."""
     try:
         yield
     except (OSError, RuntimeError) as e:
-        from lossguided.disk import disk_full, is_disk_full
+        from lossguided.disk import cannot_write, disk_full, is_disk_full
 
         if is_disk_full(e):
             raise disk_full(path, e) from None
+        error = cannot_write(path, e) if isinstance(e, OSError) else None
+        if error is not None:  # a read-only folder, no permission, a file where a folder should be
+            raise error from None
         raise
 
 
@@ -50,8 +54,9 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         umask = os.umask(0)
         os.umask(umask)
         for tmp, final in zip(tmps, finals, strict=True):
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files owner-only; artifacts get ordinary permissions
-            os.replace(tmp, final)
+            with disk_errors(final):
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files owner-only; artifacts get ordinary permissions
+                os.replace(tmp, final)
     finally:
         for tmp in tmps:
             if tmp.exists():

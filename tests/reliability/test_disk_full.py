@@ -83,3 +83,24 @@ def test_training_without_room_for_its_checkpoints_stops_before_the_first_epoch(
     with pytest.raises(disk.DiskFullError, match="1.0 MiB free"):
         trainer.fit()
     assert not (tmp_path / "last.pt").exists()
+
+
+UNWRITABLE = {  # case -> (make it, the folder to write into)
+    "a file where the folder should be": (lambda d: (d / "file").write_text("x"), lambda d: d / "file" / "run"),
+    "a folder where the file should be": (lambda d: (d / "run" / "f.txt").mkdir(parents=True), lambda d: d / "run"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE))
+def test_an_unwritable_destination_is_one_line(tmp_path, case):
+    from lossguided import runlock
+    from lossguided.config import ConfigError
+    from lossguided.io import write_text
+
+    make, folder = UNWRITABLE[case]
+    make(tmp_path)
+    with pytest.raises(disk.WriteError, match=r"^cannot write .*f\.txt: "):
+        write_text(folder(tmp_path) / "f.txt", "x")
+    if case.startswith("a file"):
+        with pytest.raises(ConfigError, match="cannot use as a run folder"):
+            runlock.acquire(folder(tmp_path))
