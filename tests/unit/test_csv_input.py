@@ -157,3 +157,23 @@ def test_paths_are_one_buffer_with_the_folder_stored_once(folder):
     m = read_csv(folder / "m.csv")
     assert m.paths.prefix == str(folder) + "/" and m.paths.buffer.tobytes() == b"img/0.pngimg/1.pngimg/2.png"
     assert m.subset(np.array([2, 0])).paths.tolist() == [str(folder / "img/2.png"), str(folder / "img/0.png")]
+
+
+def test_existence_check_pairs_folder_and_name_across_chunks(folder, monkeypatch):
+    from lossguided.data import manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "CHECK_CHUNK", 3)
+    for d in ("a", "b/c"):
+        (folder / d).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (2, 2)).save(folder / d / f"{d[0]}{i}.png")
+    (folder / "top.png").write_bytes((folder / "a" / "a0.png").read_bytes())
+    rows = ["a/a0.png", "b/c/b1.png", "top.png", str(folder / "a" / "a2.png"), "./a/a1.png", "b/c/b2.png", "a/a1.png"]
+    (folder / "m.csv").write_text("path,label\n" + "".join(f"{p},x\n" for p in rows))
+    assert len(read_csv(folder / "m.csv")) == 7
+    (folder / "m.csv").write_text("path,label\n" + "".join(f"{p},x\n" for p in [*rows, "a/b1.png"]))  # b1 is in b/c
+    with pytest.raises(DataError, match=r"m.csv: row 9: image not found: .*a/b1.png"):
+        read_csv(folder / "m.csv")
+    (folder / "m.csv").write_text("path,label\n" + "".join(f"{p},x\n" for p in ["b/c", *rows]))  # a folder
+    with pytest.raises(DataError, match=r"m.csv: row 2: image not found: .*b/c"):
+        read_csv(folder / "m.csv")

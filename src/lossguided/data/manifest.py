@@ -261,32 +261,41 @@ def check_files_exist(
     file is an error naming its row."""
     buf, starts, ends = paths.buffer, paths.offsets[:-1], paths.offsets[1:]
     n = len(paths)
-    dir_hash, name_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)
-    dir_end, has = np.empty(n, np.int64), np.empty(n, bool)
+    keys = np.empty(n, np.uint64)  # (folder, name) of every row
+    reps: list[tuple[np.ndarray, ...]] = []  # (folder hash, row, folder end, has separator) of each chunk's folders
     for a in range(0, n, CHECK_CHUNK):  # chunks of rows: the temporaries stay small
         b = min(n, a + CHECK_CHUNK)
         s, e = starts[a:b], ends[a:b]
         seps = np.flatnonzero(buf[s[0] : e[-1]] == ord(os.sep)) + s[0]
         last = np.searchsorted(seps, e) - 1  # the item's last separator, if it lies inside the item
         at = seps[np.maximum(last, 0)] if len(seps) else s
-        has[a:b] = (last >= 0) & (at >= s)
-        dir_end[a:b] = np.where(has[a:b], at, s)
-        dir_hash[a:b] = range_hashes(buf, s, dir_end[a:b]) ^ has[a:b].astype(np.uint64)  # "x.jpg" and "/x.jpg"
-        name_hash[a:b] = range_hashes(buf, np.where(has[a:b], at + 1, s), e)
-    _, first = np.unique(dir_hash, return_index=True)
-    folders = [_folder(paths.prefix, buf[starts[i] : dir_end[i]].tobytes(), bool(has[i])) for i in first]
+        has = (last >= 0) & (at >= s)
+        dir_end = np.where(has, at, s)
+        dir_hash = range_hashes(buf, s, dir_end) ^ has.astype(np.uint64)  # "x.jpg" and "/x.jpg" differ
+        keys[a:b] = _pair_keys(dir_hash, range_hashes(buf, np.where(has, at + 1, s), e))
+        u, f = np.unique(dir_hash, return_index=True)
+        reps.append((u, f + a, dir_end[f], has[f]))
+    u, f_row, f_end, f_has = (np.concatenate(c) for c in zip(*reps, strict=True))
+    folder_hash, pick = np.unique(u, return_index=True)
+    folders = [
+        _folder(paths.prefix, buf[starts[i] : end].tobytes(), bool(h))
+        for i, end, h in zip(f_row[pick], f_end[pick], f_has[pick], strict=True)
+    ]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         listings = list(pool.map(_file_names, folders))
-    counts = np.array([n for _, n in listings], dtype=np.int64)
+    counts = np.array([c for _, c in listings], dtype=np.int64)
     blob = np.frombuffer(b"".join(b for b, _ in listings), dtype=np.uint8)  # names, each followed by NUL
     cuts = np.flatnonzero(blob == 0)
     name_starts = np.concatenate([np.zeros(1, np.int64), cuts[:-1] + 1]) if len(cuts) else cuts
-    listed = _pair_keys(np.repeat(dir_hash[first], counts), range_hashes(blob, name_starts, cuts))
-    found = np.isin(_pair_keys(dir_hash, name_hash), listed)
-    missing = np.flatnonzero(~found if which is None else ~found & which)
-    if len(missing):
-        i = int(missing[0])
-        raise DataError(f"{source}: row {rows[i]}: image not found: {paths[i]}")
+    listed = np.unique(_pair_keys(np.repeat(folder_hash, counts), range_hashes(blob, name_starts, cuts)))
+    del blob, cuts, name_starts
+    for a in range(0, n, CHECK_CHUNK):
+        k = keys[a : a + CHECK_CHUNK]
+        found = listed[np.minimum(np.searchsorted(listed, k), max(len(listed) - 1, 0))] == k if len(listed) else k != k
+        missing = np.flatnonzero(~found if which is None else ~found & which[a : a + CHECK_CHUNK])
+        if len(missing):
+            i = a + int(missing[0])
+            raise DataError(f"{source}: row {rows[i]}: image not found: {paths[i]}")
 
 
 def _pair_keys(folder: np.ndarray, name: np.ndarray) -> np.ndarray:
