@@ -212,15 +212,7 @@ class Trainer:
 
     def _lock(self) -> bool:
         """The main rank takes the folder's lock; every rank learns the outcome, so all stop together."""
-        error = None
-        if self.info.is_main:
-            try:
-                runlock.acquire(self.out_dir)
-            except runlock.RunFolderBusyError as e:
-                error = str(e)
-        error = all_gather_objects(error)[0]
-        if error is not None:
-            raise runlock.RunFolderBusyError(error)
+        self._on_main(lambda: runlock.acquire(self.out_dir), catch=ConfigError)
         return self.info.is_main
 
     def _fit(self, *, resume: bool) -> FitResult:
@@ -307,20 +299,21 @@ class Trainer:
                 checkpoint.write(tmp, s)
             tmps[-1].write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
-    def _on_main(self, write) -> None:
-        """`write()` on the main rank; then every rank learns whether it met a full disk, so all stop together
-        with its line instead of the others waiting forever in the next collective. A barrier for the rest."""
+    def _on_main(self, work, *, catch: type[Exception] = DiskFullError) -> None:
+        """`work()` on the main rank; then every rank learns whether it failed with `catch` (a full disk, a held
+        folder), so all stop together with its line instead of the others waiting forever in the next collective.
+        A barrier for the rest."""
         error = None
         if self.info.is_main:
             try:
-                write()
-            except DiskFullError as e:
+                work()
+            except catch as e:
                 error = e
         failed = all_gather_objects(None if error is None else str(error))[0]
         if error is not None:
             raise error
         if failed is not None:
-            raise DiskFullError(failed)
+            raise catch(failed)
 
     def _save_mid_epoch(self, batches: int, total: torch.Tensor, seen: int) -> None:
         """last.pt inside an epoch: the weights after `batches` batches, each rank's running loss and generators,
