@@ -106,7 +106,6 @@ class Bench:
         path = self.results / "confusion_target.json"
         if path.is_file():
             return json.loads(path.read_text())["target"]
-        self.recipe_row("clean", 0, "auto")  # trains the clean model if needed
         cfg = self.cfg("clean", 0)
         splits = stages.load_splits(cfg.data)
         probs = predict_probs(self.pretrained("clean", 0), splits.val, cfg)

@@ -9,8 +9,11 @@ log-losses, here of every class at once (vectorised EM over a [K, 2] parameter t
 high-loss component is the more probable one (posterior > 0.5), i.e. above the first crossing of the two weighted
 densities. A class is fitted on its own when it has at least `min_fit` samples and its two components are well
 separated (Ashman's D >= `min_separation`); otherwise it takes the global fit's threshold, and where even the
-global fit finds no second mode nothing is dropped (clean data loses nothing). Every class keeps at least its
-`min_keep` lowest-loss samples (the paper's idea that each class keeps a few of its easiest), so no class is emptied.
+global fit finds no second mode nothing is dropped (clean data loses nothing). No threshold is below ln 2 nats: a
+sample whose given label the model still rates at 50% or more is no evidence of a wrong label (on clean data the
+log scale can split the very easy from the merely easy, and without this floor a sixth of a clean set was dropped).
+Every class keeps at least its `min_keep` lowest-loss samples (the paper's idea that each class keeps a few of its
+easiest), so no class is emptied.
 
 The estimated noise rate of a class is the share of its samples above its threshold. Pure numpy, O(N) per EM step.
 """
@@ -64,12 +67,14 @@ def estimate_drop_threshold(
     min_fit: int = 40,
     min_separation: float = 2.0,
     min_keep: int = 5,
+    min_threshold: float = float(np.log(2.0)),
 ) -> AutoThreshold:
     """Per-class loss thresholds from a two-component mixture of log-losses, with a global fallback.
 
     labels [N] int (given labels), losses [N] finite >= 0 (average recorded losses). min_fit: fewest samples a class
     needs for its own fit; min_separation: Ashman's D a fit needs to count as two modes; min_keep: each class keeps
-    at least this many of its lowest-loss samples.
+    at least this many of its lowest-loss samples; min_threshold: no class drops a loss at or below it (ln 2: the
+    model rates the given label >= 50%).
     """
     labels = np.asarray(labels)
     losses = np.asarray(losses, dtype=np.float64)
@@ -93,7 +98,7 @@ def estimate_drop_threshold(
     per = _fit(x, labels, k, init=glob)
     own = _separated(per, min_separation) & (counts >= min_fit)
     thresholds = np.where(own, _threshold(per), global_t)
-    thresholds = np.exp(thresholds)  # back to nats; exp(inf) = inf
+    thresholds = np.maximum(np.exp(thresholds), min_threshold)  # back to nats; exp(inf) = inf
     thresholds = np.maximum(thresholds, _kth_smallest(losses, labels, k, min_keep))
     dropped = np.bincount(labels, weights=losses > thresholds[labels], minlength=k)
     rate_c = np.divide(dropped, counts, out=np.zeros(k), where=counts > 0)
@@ -104,7 +109,7 @@ def estimate_drop_threshold(
         noise_rate_per_class=rate_c,
         fitted_alone=own,
         method=f"per-class 2-component mixture of log-losses (classes >= {min_fit} samples, D >= {min_separation}), "
-        f"else the global fit; each class keeps >= {min_keep}",
+        f"else the global fit; never below {min_threshold:.3g} nats; each class keeps >= {min_keep}",
     )
 
 
