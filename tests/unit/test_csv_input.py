@@ -177,3 +177,12 @@ def test_existence_check_pairs_folder_and_name_across_chunks(folder, monkeypatch
     (folder / "m.csv").write_text("path,label\n" + "".join(f"{p},x\n" for p in ["b/c", *rows]))  # a folder
     with pytest.raises(DataError, match=r"m.csv: row 2: image not found: .*b/c"):
         read_csv(folder / "m.csv")
+
+
+def test_the_digest_names_the_csv_content(folder):
+    import hashlib
+
+    (folder / "m.csv").write_bytes(HEADER + ROWS)
+    m = read_csv(folder / "m.csv")
+    assert m.digest == hashlib.sha256(HEADER + ROWS).hexdigest()
+    assert m.subset(np.array([0])).digest is None

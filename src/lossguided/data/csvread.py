@@ -10,8 +10,8 @@ and the row as a spreadsheet shows it (header = row 1; blank lines are skipped a
 The parsed columns are written to a cache folder keyed by the CSV's SHA-256 (`<cache>/manifests/<digest>/`, plain
 `.npy` files read memory-mapped), so a second load, a resume or another rank on the same machine only hashes the file.
 A changed CSV has another digest: it is parsed again. `LOSSGUIDED_CACHE` names the cache root (`off` disables it);
-the default is `~/.cache/lossguided`. Small CSVs (under `CACHE_MIN_BYTES`) are not cached unless a cache folder is
-given explicitly.
+the default is `$XDG_CACHE_HOME/lossguided` or `~/.cache/lossguided`. Small CSVs (under `CACHE_MIN_BYTES`) are not
+cached unless a cache folder is given explicitly.
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path | None:
     env = os.environ.get("LOSSGUIDED_CACHE", "")
     if env.lower() in ("off", "0", "none", "false"):
         return None
-    return Path(env) if env else Path.home() / ".cache" / "lossguided"
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
 
 
 def _cache_folder(digest: str, size: int, cache_dir: str | os.PathLike | None) -> Path | None:

@@ -99,6 +99,8 @@ class Manifest:
     `store` is a preprocessed folder (`lossguided preprocess`) that holds every sample's pixels by id; `paths` then
     name the original files (for people and loss tables), which need not exist any more. `paths` is held as a
     `StringColumn` (one byte buffer + offsets; see `data.strings`): a list or object array given here is converted.
+    `digest` is the SHA-256 of the CSV these exact rows were read from (None otherwise, and for a subset): a key for
+    caching what was checked about them (e.g. every image decodes) without a stat per image.
     """
 
     ids: np.ndarray
@@ -110,6 +112,7 @@ class Manifest:
     true_labels: np.ndarray | None = None
     rows: np.ndarray | None = field(default=None, repr=False)
     store: str | None = None
+    digest: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -183,6 +186,7 @@ class Manifest:
             true_labels=true,
             rows=self.rows,
             store=self.store,
+            digest=self.digest,
         )
 
 
@@ -238,6 +242,7 @@ def read_csv(
         source=str(path),
         paths=paths,
         rows=rows,
+        digest=cols.digest,
     )
 
 
