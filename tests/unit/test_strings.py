@@ -46,3 +46,16 @@ def test_nul_is_refused():
 def _raw(words):
     col = StringColumn.from_strings(words)
     return col.buffer, col.offsets
+
+
+def test_range_hashes_depend_on_the_bytes_only(monkeypatch):
+    import lossguided.data.strings as strings
+
+    words = ["ab", "", "ab", "ba", "abc", "x" * 300, "x" * 300, "a", "b" * 5000]
+    col = StringColumn.from_strings(words)
+    h = strings.range_hashes(col.buffer, col.offsets[:-1], col.offsets[1:])
+    assert h[0] == h[2] and h[5] == h[6] and len(set(h.tolist())) == 7
+    monkeypatch.setattr(strings, "GATHER_BYTES", 24)  # chunks of 3 bytes: ranges straddle, one is longer
+    assert np.array_equal(strings.range_hashes(col.buffer, col.offsets[:-1], col.offsets[1:]), h)
+    shifted = StringColumn.from_strings(["zz", *words])  # the same ranges elsewhere in a buffer
+    assert np.array_equal(strings.range_hashes(shifted.buffer, shifted.offsets[1:-1], shifted.offsets[2:]), h)

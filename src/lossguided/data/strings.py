@@ -10,6 +10,7 @@ iteration, `==` with another column or a list, and `np.asarray(col)` (an object 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -186,33 +187,51 @@ def gather(
 
 
 _HASH_BASE = np.uint64(0x100000001B3)  # FNV's 64-bit prime, as the base of a polynomial hash mod 2^64
+_HASH_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
+
+
+@functools.lru_cache(maxsize=2)
+def _hash_powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B^k, B^-k) mod 2^64 for k < size, uint64 (read-only: shared between calls)."""
+    one = np.ones(1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        powers = np.concatenate([one, np.cumprod(np.full(size - 1, _HASH_BASE, dtype=np.uint64))])
+        inverse = np.concatenate([one, np.cumprod(np.full(size - 1, _HASH_INVERSE, dtype=np.uint64))])
+    powers.flags.writeable = inverse.flags.writeable = False
+    return powers, inverse
 
 
 def range_hashes(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """A 64-bit polynomial hash of each byte range [starts[i], ends[i]) of `buffer` (uint64 [N]), vectorized in
     chunks: sum_j (byte_j + 1) * B^j mod 2^64, mixed with the length. Equal ranges hash equal; for distinct ones a
-    collision has a probability near 2^-64 a pair."""
+    collision has a probability near 2^-64 a pair. Within a chunk every byte is weighted by B^(its position in the
+    chunk), one running sum gives each range's weighted sum, and B^-(range start) (B is odd, so invertible mod 2^64)
+    brings it back to the range's own positions."""
     starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(ends, dtype=np.int64) - starts
     n = len(lengths)
     out = np.zeros(n, dtype=np.uint64)
     if n == 0:
         return out
+    step = GATHER_BYTES // 8
+    powers, inverse = _hash_powers(max(step, int(lengths.max(initial=0))) + 1)
     with np.errstate(over="ignore"):
-        powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, _HASH_BASE, dtype=np.uint64)) // _HASH_BASE
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         row = 0
         while row < n:
-            stop = int(np.searchsorted(offsets, offsets[row] + GATHER_BYTES // 8, side="right")) - 1
+            stop = int(np.searchsorted(offsets, offsets[row] + step, side="right")) - 1
             stop = min(max(stop, row + 1), n)
             a, b = offsets[row], offsets[stop]
-            first = np.repeat(offsets[row:stop], lengths[row:stop])  # each byte's item start (output positions)
-            within = np.arange(a, b) - first
-            src = np.repeat(starts[row:stop], lengths[row:stop]) + within
-            terms = (buffer[src].astype(np.uint64) + np.uint64(1)) * powers[within]
-            sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
-            out[row:stop] = sums[offsets[row + 1 : stop + 1] - a] - sums[offsets[row:stop] - a]
+            src = np.repeat(starts[row:stop] - offsets[row:stop], lengths[row:stop])
+            src += np.arange(a, b)
+            terms = buffer[src].astype(np.uint64)
+            terms += np.uint64(1)
+            terms *= powers[: b - a]
+            sums = np.zeros(b - a + 1, dtype=np.uint64)
+            np.cumsum(terms, out=sums[1:])
+            first = offsets[row:stop] - a
+            out[row:stop] = (sums[offsets[row + 1 : stop + 1] - a] - sums[first]) * inverse[first]
             row = stop
         out ^= lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     return out
