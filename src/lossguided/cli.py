@@ -507,12 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("losses", help="record each training sample's average loss (trains 1 epoch by default)",
-                       description="Fine-tune CHECKPOINT for --epochs more epochs (default 1) on all of --train, the "
-                       "paper's recording pass, and write the per-sample loss table (.npz: id, label, loss, "
-                       "n_records, pred, path). --lr 0 records the checkpoint's own losses without updating it. "
-                       "The pass works in OUT_record/ beside OUT (resumable: rerun the same command), which is "
-                       "removed once the table is written unless --keep-work.")  # fmt: skip
+    p = sub.add_parser(
+        "losses",
+        help="record each training sample's average loss (trains 1 epoch by default)",
+        description="Fine-tune CHECKPOINT for --epochs more epochs (default 1) on all of --train, the paper's "
+        "recording pass, and write the per-sample loss table (.npz: id, label, loss, n_records, pred, path). --lr 0 "
+        "records the checkpoint's own losses without updating it. The pass works in a folder beside OUT "
+        "(runs/losses_record/ for runs/losses.npz; resumable: rerun the same command), removed once the table is "
+        "written unless --keep-work.",
+    )
     p.add_argument("--checkpoint", required=True, help="the pre-trained model (e.g. RUN/best.pt)")
     _add_data(p, train_required=True)
     p.add_argument("--epochs", type=int, help="epochs of the recording pass, averaged (default: 1, the paper's)")
@@ -527,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-work",
         action="store_true",
-        help="keep the work folder OUT_record/ (its checkpoints) after the table is written",
+        help="keep the work folder (runs/losses_record/ for runs/losses.npz, with its checkpoints) after the "
+        "table is written",
     )
     p.add_argument("--out", "--output", required=True, help="loss table file (.npz)")
     p.add_argument("--no-resume", action="store_true", help="start the recording over even if it was interrupted")
