@@ -69,6 +69,11 @@ CASES = [
     ("empty file", b"", r"m.csv: row 1: missing column\(s\)"),
     ("image missing", HEADER + b"img/0.png,a\nimg/9.png,b\n", r"m.csv: row 3: image not found: .*img/9.png"),
     (
+        "path over 128 KB",
+        HEADER + b"img/0.png,a\n" + b"p" * 140_000 + b".png,b\n",
+        r"m.csv: row 3: (image not found: .*p\.\.\.\(140\d{3} characters\)\.\.\.p+\.png$|field larger than field lim)",
+    ),
+    (
         "duplicate id",
         b"id,path,label\n4,img/0.png,a\n4,img/1.png,b\n",
         r"m.csv: row 3: duplicate id 4 \(also on row 2\)",

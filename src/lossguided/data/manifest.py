@@ -300,7 +300,9 @@ def check_files_exist(
         missing = np.flatnonzero(~found if which is None else ~found & which[a : a + CHECK_CHUNK])
         if len(missing):
             i = a + int(missing[0])
-            raise DataError(f"{source}: row {rows[i]}: image not found: {paths[i]}")
+            p = paths[i]
+            p = p if len(p) <= 300 else f"{p[:150]}...({len(p)} characters)...{p[-100:]}"
+            raise DataError(f"{source}: row {rows[i]}: image not found: {p}")
 
 
 def _pair_keys(folder: np.ndarray, name: np.ndarray) -> np.ndarray:
