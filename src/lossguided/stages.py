@@ -84,6 +84,9 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     if init_from is not None:
         state = checkpoint.load(init_from)
         checkpoint.check_same_classes(state, classes, path=str(init_from), source="the training data")
+        saved = state.get("model_name") or (state.get("config") or {}).get("model", {}).get("name")
+        if saved and saved != cfg.model.name:
+            raise ConfigError(f"{init_from}: holds a {saved!r} model, the config says model.name={cfg.model.name!r}")
         model.load_state_dict(state["model"])
     return model
 
