@@ -167,6 +167,7 @@ def test_corrupt_image_names_path_and_id_or_is_skipped_and_listed(tmp_path, phot
     with open(tmp_path / "b" / "bad_images.csv") as f:
         bad = list(csv.DictReader(f))
     assert len(bad) == 1 and bad[0]["id"] == "972" and bad[0]["path"].endswith("4.jpg")
+    assert bad[0]["path"].startswith("/")  # absolute, as in every CSV the tool writes
     m = load_manifest(str(tmp_path / "b"))
     assert 972 not in m.ids and len(make_dataset(m, image_size=32)) == 8
 

@@ -29,6 +29,7 @@ from lossguided.data.decode import BAD_IMAGE_ERRORS, verify_image
 from lossguided.data.decode import decode_image as _decode_image
 from lossguided.data.manifest import DataError, Manifest
 from lossguided.io import atomic_path, safe_cell, write_json
+from lossguided.layout import csv_path
 
 log = logging.getLogger("lossguided")
 CHECK_VERSION = 1  # bump when verify_image starts catching more, so remembered checks are redone
@@ -188,11 +189,12 @@ def check_all(
 
 
 def write_bad_images(path: str | os.PathLike, bad: list[BadImage]) -> None:
-    """The skipped images as CSV (source, source_row, id, path, error), safe to open in a spreadsheet."""
+    """The skipped images as CSV (source, source_row, id, path, error), safe to open in a spreadsheet; paths are
+    absolute, as in every CSV the tool writes (`layout.csv_path`)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["source", "source_row", "id", "path", "error"])
-        w.writerows([safe_cell(b.source), b.row, b.id, safe_cell(b.path), safe_cell(b.error)] for b in bad)
+        w.writerows([safe_cell(b.source), b.row, b.id, safe_cell(csv_path(b.path)), safe_cell(b.error)] for b in bad)
 
 
 def one_line_worker_error(e: DataError) -> DataError:

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from lossguided.data.decode import decode_bytes, decode_image, resize_uint8
 from lossguided.data.manifest import ClassMap, DataError, Manifest
 from lossguided.io import atomic_path, disk_errors, write_json, write_npz
+from lossguided.layout import csv_path
 
 log = logging.getLogger("lossguided")
 
@@ -343,8 +344,8 @@ def _finalize(manifest: Manifest, out: Path, work: Path, writer, paths: list[str
             w = csv.writer(f)
             w.writerow(["id", "path", "source_row", "error"])
             for r, e in zip(bad_rows, bad_errors, strict=True):
-                w.writerow([int(manifest.ids[r]), paths[r], int(manifest.rows[r]) if manifest.rows is not None else r,
-                            e])  # fmt: skip
+                row = int(manifest.rows[r]) if manifest.rows is not None else r
+                w.writerow([int(manifest.ids[r]), csv_path(paths[r]), row, e])
         log.warning("skipped %d unreadable images, listed in %s", len(bad_rows), out / BAD_LIST)
     meta = {"format": FORMAT, "version": VERSION, **settings, "samples": int(len(keep)), "skipped": len(bad_rows),
             "bytes": int(nbytes), "classes": list(manifest.classes.names), "source": manifest.source}  # fmt: skip

@@ -13,6 +13,7 @@ import numpy as np
 
 from lossguided.data.manifest import DataError, Manifest
 from lossguided.io import atomic_path, safe_cell, unsafe_cell
+from lossguided.layout import csv_path
 from lossguided.losstable import LossTable
 
 DROP = "DROP"
@@ -46,8 +47,8 @@ def rank_suspects(ids: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, pe
 
 def write_suspects(table: LossTable, out_csv: str | os.PathLike, *, per_class: int | None = None,
                    top: int | None = None) -> dict:  # fmt: skip
-    """Write the ranked suspects: rank, id, path, label, predicted, loss, rank_in_class, class_size[, true_label],
-    corrected_label (empty, for a person to fill in)."""
+    """Write the ranked suspects: rank, id, path (absolute, as in every CSV the tool writes), label, predicted, loss,
+    rank_in_class, class_size[, true_label], corrected_label (empty, for a person to fill in)."""
     pos, ranks = rank_suspects(table.ids, table.labels, table.losses, per_class=per_class, top=top)
     names = np.array(table.classes.names, dtype=object)
     sizes = np.bincount(table.labels, minlength=len(names))
@@ -57,7 +58,7 @@ def write_suspects(table: LossTable, out_csv: str | os.PathLike, *, per_class: i
         w = csv.writer(f)
         w.writerow(header)
         for r, p in enumerate(pos, 1):
-            row = [r, int(table.ids[p]), table.paths[p], names[table.labels[p]], names[table.preds[p]],
+            row = [r, int(table.ids[p]), csv_path(table.paths[p]), names[table.labels[p]], names[table.preds[p]],
                    f"{float(table.losses[p]):.6g}", int(ranks[p]), int(sizes[table.labels[p]])]  # fmt: skip
             row += ([names[truth[p]]] if truth is not None else []) + [""]
             w.writerow([safe_cell(c) for c in row])  # no cell a spreadsheet runs; read_corrections undoes it
@@ -145,7 +146,7 @@ def relabel_manifest(manifest: Manifest, corrections_csv: str | os.PathLike, out
 
 def _paths_for_csv(manifest: Manifest, keep: np.ndarray, out_csv: Path) -> list[str]:
     if manifest.paths is not None:
-        return [os.path.abspath(p) for p in manifest.paths[keep]]
+        return [csv_path(p) for p in manifest.paths[keep]]
     from PIL import Image
 
     folder = out_csv.with_name(out_csv.stem + "_images")
