@@ -34,10 +34,13 @@ def test_the_recorder_keeps_the_given_label_probability_and_the_top5():
     np.testing.assert_allclose(with_labels.probabilities()[0], p_label, rtol=1e-5)
 
 
-def test_fewer_than_five_classes_are_padded():
+def test_fewer_than_five_classes_are_padded(tmp_path):
     rec, _, _ = _recorded(k=3)
     top_c, top_p = rec.probabilities()[1:]
     assert (top_c[:, 3:] == -1).all() and (top_p[:, 3:] == 0).all() and np.allclose(top_p.sum(1), 1, atol=1e-2)
+    m = Manifest(ids=rec.ids, labels=np.arange(6) % 3, classes=ClassMap(("a", "b", "c")), source="m", paths=["x"] * 6)
+    LossTable.from_recording(m, *rec.table(), *rec.probabilities()).save(tmp_path / "t.npz")
+    assert np.array_equal(LossTable.load(tmp_path / "t.npz").top_classes, top_c)
 
 
 def test_a_checkpointed_recorder_from_before_the_probabilities_loads():
