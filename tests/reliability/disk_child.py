@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import write_manifest  # noqa: E402
+from hostile import write_manifest  # noqa: E402
 
 from lossguided.cli import main  # noqa: E402
 from lossguided.data.manifest import ClassMap, Manifest  # noqa: E402

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, run_python
+from hostile import REPO, run_python
 
 from lossguided import disk
 from lossguided.engine import checkpoint
@@ -29,7 +29,9 @@ def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("disk")
     child = REPO / "tests" / "reliability" / "disk_child.py"
     proc = run_python(
-        f"import runpy, sys; sys.argv = ['', {str(folder)!r}]; runpy.run_path({str(child)!r}, run_name='__main__')"
+        f"import runpy, sys; sys.argv = ['', {str(folder)!r}]; runpy.run_path({str(child)!r}, run_name='__main__')",
+        env={"LOSSGUIDED_CACHE": str(folder / "cache")},
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]  # a SIGBUS would be -7
     return {r["case"]: r for r in map(json.loads, (x for x in proc.stdout.splitlines() if x.startswith('{"case"')))}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BAD_IMAGES, image_bytes, write_manifest
+from hostile import BAD_IMAGES, image_bytes, write_manifest
 from PIL import Image
 
 from lossguided.cli import main

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from hostile import REPO
 
 from lossguided import runlock
 from lossguided.config import TrainConfig
@@ -86,7 +86,7 @@ def test_a_held_folder_is_refused_before_any_write(tmp_path, holder, capsys, com
         with pytest.raises(runlock.RunFolderBusyError, match="in use by another lossguided run"):
             _trainer(out).fit()
     else:
-        from conftest import write_manifest
+        from hostile import write_manifest
 
         from lossguided.cli import main
 
