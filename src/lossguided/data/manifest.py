@@ -329,26 +329,33 @@ def _file_names(folder: str) -> tuple[bytes, int]:
 
 def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = None) -> Manifest:
     """`root/<class>/<image>`; ids number the files in sorted (class, file) order, so they are stable. Hidden
-    folders and files (a leading '.', e.g. `.ipynb_checkpoints`, `.DS_Store`) are not classes or images."""
+    folders and files (a leading '.', e.g. `.ipynb_checkpoints`, `.DS_Store`) are not classes or images. Folders are
+    listed with `os.scandir` and the paths kept as `class/file` under the root stored once (no object per file)."""
     root = Path(root)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
+    with os.scandir(root) as it:
+        class_names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    if not class_names:
         raise DataError(f"{root}: no class folders")
-    paths, labels = [], []
-    for d in class_dirs:
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+    names, counts = [], []
+    for c in class_names:
+        with os.scandir(root / c) as it:
+            files = sorted(
+                e.name
+                for e in it
+                if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and not e.name.startswith(".")
+            )
         if not files:
-            raise DataError(f"{d}: empty class folder (no images with extensions {IMAGE_EXTENSIONS})")
-        paths += [str(f) for f in files]
-        labels += [d.name] * len(files)
-    label_arr = np.array(labels, dtype=object)
-    classes = classes or ClassMap.from_labels(label_arr)
+            raise DataError(f"{root / c}: empty class folder (no images with extensions {IMAGE_EXTENSIONS})")
+        names += [f"{c}{os.sep}{f}" for f in files]
+        counts.append(len(files))
+    classes = classes or ClassMap.from_names(class_names)
+    labels = classes.encode_codes(class_names, np.repeat(np.arange(len(class_names)), counts), source=str(root))
     return Manifest(
-        ids=np.arange(len(paths)),
-        labels=classes.encode(label_arr, source=str(root)),
+        ids=np.arange(len(names)),
+        labels=labels,
         classes=classes,
         source=str(root),
-        paths=StringColumn.from_strings(paths),
+        paths=StringColumn.from_strings(names, prefix="" if str(root) == "." else str(root) + os.sep),
     )
 
 
