@@ -127,3 +127,38 @@ def test_fashion_mnist_options_match_the_training_stack():
 
     data = to_dict(RecipeConfig())["data"] | {"noise_rate": 0.3, "data_seed": 7, "train_limit": 50}
     assert options_from_config(data) == stages.fashion_mnist_options(from_dict({"data": data}).data)
+
+
+def test_suspects_are_only_samples_above_the_drop_rule(fake_run):
+    """A class with nothing above the drop rule shows no suspect (and a 0% high-loss share), however high its
+    left-out losses rank; with 'auto' every suspect is above its own class's threshold."""
+    import yaml
+
+    from lossguided.refine.threshold import estimate_drop_threshold
+
+    run, table = fake_run["run"], fake_run["table"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["refine"] |= {"drop_loss_above": 2.0, "drop_quantile": None}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    data = embedded_data(build_report(run)[0])
+    suspects = {int(c): pair[0] for c, pair in data["detail"].items()}
+    assert all(s[2] > 2.0 for side in suspects.values() for s in side)
+    clean = [c for c in range(len(table.classes)) if table.losses[table.labels == c].max() <= 2.0]
+    assert clean and all(suspects[c] == [] and data["high"][c] == 0 for c in clean)
+    assert data["rule"]["loss"] == 2.0 and data["threshold"] is None
+
+    config["refine"]["drop_loss_above"] = "auto"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    page, _ = build_report(run)
+    data = embedded_data(page)
+    per_class = estimate_drop_threshold(table.labels, table.losses, num_classes=len(table.classes)).per_class
+    shown = [(int(c), s[2]) for c, pair in data["detail"].items() for s in pair[0]]
+    assert shown and all(loss > per_class[c] for c, loss in shown)
+    assert "a threshold per class" in page
+
+
+def test_page_text_is_escaped_by_the_template(fake_run, tmp_path):
+    run = fake_run["run"].rename(tmp_path / "run <i>x & co")
+    page, _ = build_report(run)
+    assert "<i>" not in page and "run &lt;i&gt;x &amp; co" in page
+    assert page.count("<script>") == 1 and "JSON.parse" in page and "table.stages" in page  # script and CSS inlined

@@ -2,26 +2,30 @@
 as base64 data URIs, no network): the stages table (Table-2 style), learning curves, the loss histogram with the
 drop threshold, and per class (worst first, searchable, 50 per page) the highest-loss samples beside the selected
 lowest-loss ones. Classes are rendered in the browser from an embedded JSON, and only the `max_classes` worst
-classes carry thumbnails, so the file stays small and quick with 50,000 classes (`measure_page_size`)."""
+classes carry thumbnails, so the file stays small and quick with 50,000 classes (`measure_page_size`). The page is
+the autoescaped Jinja2 template `templates/report.html.j2` (with report.css and report.js beside it); the suspected
+wrong labels of a class are only samples above the run's drop rule (`drop_rule`: per class for 'auto')."""
 
 from __future__ import annotations
 
 import base64
 import datetime
-import html
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
+import markupsafe
 import numpy as np
 
 from lossguided.data import fashion_mnist
 from lossguided.data.manifest import ClassMap, Manifest
 from lossguided.io import write_text
 from lossguided.losstable import LossTable
-from lossguided.report import assets, figures
+from lossguided.report import figures
 from lossguided.report.images import ImageResolver, options_from_config
 from lossguided.report.rundir import RunFolder, read_run
 from lossguided.report.suspects import rank_in_class
@@ -45,39 +49,77 @@ class ReportOptions:
 
 
 # -- pure parts -------------------------------------------------------------------------------------------------
-def drop_thresholds(losses: np.ndarray, drop_loss_above: float | str | None, drop_quantile: float | None,
-                    labels: np.ndarray | None = None) -> list:  # fmt: skip
-    """The selection's drop rules as (name, loss value): samples above either are dropped before ranking. For
-    'auto' (a threshold per class) the line drawn is the median of the classes' thresholds."""
-    out = []
+@dataclass(frozen=True)
+class DropRule:
+    """The run's drop rule on one loss table: above `per_sample` [N] (float64, +inf: never dropped) a sample is
+    dropped before ranking, as `refine.apply.select_with_info` does; `lines` are what the histogram draws."""
+
+    per_sample: np.ndarray
+    lines: list[tuple[str, float]]
+    per_class: np.ndarray | None = None  # [K] for 'auto' (+inf: the class keeps everything)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.lines) or self.per_class is not None
+
+
+def drop_rule(
+    labels: np.ndarray,
+    losses: np.ndarray,
+    *,
+    num_classes: int,
+    drop_loss_above: float | str | None,
+    drop_quantile: float | None,
+) -> DropRule:
+    """The selection's drop rules per sample. 'auto' takes the per-class thresholds of
+    `estimate_drop_threshold(labels, losses, num_classes=K)`, and a drop quantile then applies to the losses that
+    stay (as in the selection); the histogram's line for 'auto' is the median of the classes' thresholds."""
+    raw, losses = losses, np.asarray(losses, dtype=np.float64)  # the fit and quantile see what the selection saw
+    limit = np.full(len(losses), np.inf)
+    lines: list[tuple[str, float]] = []
+    per_class = None
     if drop_loss_above == "auto":
-        if labels is not None and len(losses):
+        if len(losses):
             from lossguided.refine.threshold import estimate_drop_threshold
 
-            auto = estimate_drop_threshold(labels, losses, num_classes=int(labels.max()) + 1)
-            finite = auto.per_class[np.isfinite(auto.per_class)]
+            auto = estimate_drop_threshold(labels, raw, num_classes=num_classes)
+            per_class = auto.per_class
+            limit = per_class[labels].astype(np.float64)
+            finite = per_class[np.isfinite(per_class)]
             if finite.size:
-                out.append((f"auto: median of per-class thresholds (est. noise {auto.noise_rate:.1%})",
-                            float(np.median(finite))))  # fmt: skip
+                lines.append(
+                    (
+                        f"auto: median of per-class thresholds (est. noise {auto.noise_rate:.1%})",
+                        float(np.median(finite)),
+                    )
+                )
     elif drop_loss_above is not None:
-        out.append(("drop_loss_above", float(drop_loss_above)))
+        limit[:] = float(drop_loss_above)
+        lines.append(("drop_loss_above", float(drop_loss_above)))
     if drop_quantile and len(losses):
-        out.append((f"drop_quantile {drop_quantile:g}", float(np.quantile(losses, 1.0 - drop_quantile))))
-    return out
+        staying = raw[losses <= limit]
+        if staying.size:
+            q = float(np.quantile(staying, 1.0 - drop_quantile))
+            limit = np.minimum(limit, q)
+            lines.append((f"drop_quantile {drop_quantile:g}", q))
+    return DropRule(limit, lines, per_class)
 
 
-def high_loss_threshold(losses: np.ndarray, thresholds: list) -> tuple[float, str]:
-    """The loss above which a sample counts as high-loss: the run's drop threshold, else the 90th percentile."""
-    if thresholds:
-        return min(t for _, t in thresholds), "the run's drop threshold"
-    if not len(losses):
-        return float("inf"), "none"
+def high_loss_limit(losses: np.ndarray, rule: DropRule) -> tuple[np.ndarray, str]:
+    """[N] the loss above which each sample counts as high-loss (a suspected wrong label), and why: the run's drop
+    rule, else (a config without one) the 90th percentile of all losses."""
+    if rule.any:
+        return rule.per_sample, "the run's drop rule"
     q = HIGH_LOSS_FALLBACK_QUANTILE
-    return float(np.quantile(losses, q)), f"the {q:.0%} quantile of all losses (the config sets no drop threshold)"
+    value = float(np.quantile(losses, q)) if len(losses) else float("inf")
+    return np.full(len(losses), value), f"the {q:.0%} quantile of all losses (the config sets no drop rule)"
 
 
-def class_stats(table: LossTable, selected_ids: np.ndarray | None, high_loss: float) -> dict[str, np.ndarray]:
-    """Per class: samples, selected, mean loss, share of high-loss samples, share predicted as another class,
+def class_stats(
+    table: LossTable, selected_ids: np.ndarray | None, high_loss: np.ndarray | float
+) -> dict[str, np.ndarray]:
+    """Per class: samples, selected, mean loss, share of high-loss samples (loss above `high_loss`, one value or
+    one per sample [N]: the drop rule), share predicted as another class,
     share of known-wrong labels (benchmarks), and the worst-first order (high-loss share, then mean loss)."""
     k = len(table.classes)
     lab = table.labels
@@ -96,23 +138,25 @@ def class_stats(table: LossTable, selected_ids: np.ndarray | None, high_loss: fl
     return out
 
 
-def class_samples(table: LossTable, selected_ids: np.ndarray | None, classes: np.ndarray,
-                  k: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def class_samples(
+    table: LossTable, selected_ids: np.ndarray | None, classes: np.ndarray, k: int, *, above: np.ndarray | None = None
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """For each class in `classes`: positions of its `k` highest-loss samples that the selection did not keep
-    (highest first; the suspects) and of its `k` lowest-loss selected samples (lowest first). Vectorised: a few
-    sorts for all classes together."""
+    and, with `above` [N], whose loss is above it (highest first; the suspects), and of its `k` lowest-loss
+    selected samples (lowest first). Vectorised: a few sorts for all classes together."""
     wanted = np.zeros(len(table.classes), dtype=bool)
     wanted[classes] = True
     in_class = wanted[table.labels]
     chosen = np.zeros(len(table), dtype=bool)
     if selected_ids is not None and len(selected_ids):
         chosen = np.isin(table.ids, selected_ids)
-    top = np.flatnonzero(in_class & ~chosen)
+    top = np.flatnonzero(in_class & ~chosen & (True if above is None else table.losses > above))
     top = top[rank_in_class(table.ids[top], table.labels[top], table.losses[top]) <= k]
     sel = np.flatnonzero(in_class & chosen)
     sel = sel[rank_in_class(table.ids[sel], table.labels[sel], -table.losses[sel]) <= k]
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {int(c): (np.empty(0, np.int64), np.empty(0, np.int64))
-                                                     for c in classes}  # fmt: skip
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {
+        int(c): (np.empty(0, np.int64), np.empty(0, np.int64)) for c in classes
+    }
     for which, pos, sign in ((0, top, -1.0), (1, sel, 1.0)):
         if not len(pos):
             continue
@@ -134,23 +178,59 @@ def path_prefix(paths: list[str]) -> str:
     return prefix[: max(prefix.rfind("/"), prefix.rfind("#")) + 1]
 
 
-def gallery_data(table: LossTable | None, selected_ids: np.ndarray | None, resolver: ImageResolver,
-                 options: ReportOptions, high_loss: float) -> tuple[dict, dict]:  # fmt: skip
-    """The JSON the page script renders, and counts for the notices (thumbnails, missing images)."""
+def _finite_or_none(values):
+    """JSON has no infinity: an unbounded threshold (the class keeps everything) is null."""
+    if values is None:
+        return None
+    if np.ndim(values) == 0:
+        return round(float(values), 4) if np.isfinite(values) else None
+    return [round(float(v), 4) if np.isfinite(v) else None for v in values]
+
+
+def gallery_data(
+    table: LossTable | None,
+    selected_ids: np.ndarray | None,
+    resolver: ImageResolver,
+    options: ReportOptions,
+    high_loss: np.ndarray,
+    rule: dict,
+) -> tuple[dict, dict]:
+    """The JSON the page script renders, and counts for the notices (thumbnails, missing images). `high_loss` [N]:
+    the loss above which a sample is a suspect; `rule`: {"name", "loss"} of a single threshold for the captions, or
+    {"per_class": [K]} for per-class ones."""
     if table is None or len(table) == 0:
-        empty = {"names": [], "n": [], "sel": [], "mean": [], "high": [], "other": [], "noisy": None, "worst": [],
-                 "detail": {}, "thumbs": [], "prefix": "", "detailClasses": 0}  # fmt: skip
+        empty = {
+            "names": [],
+            "n": [],
+            "sel": [],
+            "mean": [],
+            "high": [],
+            "other": [],
+            "noisy": None,
+            "worst": [],
+            "detail": {},
+            "thumbs": [],
+            "prefix": "",
+            "detailClasses": 0,
+            "threshold": None,
+            "rule": {"name": "", "loss": None},
+        }
         return empty, {"thumbnails": 0, "missing": 0, "detail_classes": 0}
     stats = class_stats(table, selected_ids, high_loss)
     worst = stats["worst"]
     n_detail = len(worst) if options.max_classes is None else min(options.max_classes, len(worst))
     detail_classes = worst[:n_detail] if options.thumbs_per_class else worst[:0]
-    samples = class_samples(table, selected_ids, detail_classes, options.thumbs_per_class)
+    samples = class_samples(table, selected_ids, detail_classes, options.thumbs_per_class, above=high_loss)
     needed = np.unique(np.concatenate([np.concatenate(v) for v in samples.values()] or [np.empty(0, np.int64)]))
     needed = needed.astype(np.int64)
     paths = [str(p) for p in table.paths[needed]]
-    jpegs = resolver.thumbnails(paths, size=options.thumb_size, quality=options.thumb_quality,
-                                workers=options.workers, progress=options.progress)  # fmt: skip
+    jpegs = resolver.thumbnails(
+        paths,
+        size=options.thumb_size,
+        quality=options.thumb_quality,
+        workers=options.workers,
+        progress=options.progress,
+    )
     thumbs, thumb_of = [], {}
     for pos, data in zip(needed.tolist(), jpegs, strict=True):
         if data is not None:
@@ -161,8 +241,14 @@ def gallery_data(table: LossTable | None, selected_ids: np.ndarray | None, resol
 
     def sample(p: int) -> list:
         wrong = -1 if noisy is None else int(noisy[p])
-        return [int(table.ids[p]), str(table.paths[p])[len(prefix):], round(float(table.losses[p]), 4),
-                int(table.preds[p]), thumb_of.get(p, -1), wrong]  # fmt: skip
+        return [
+            int(table.ids[p]),
+            str(table.paths[p])[len(prefix) :],
+            round(float(table.losses[p]), 4),
+            int(table.preds[p]),
+            thumb_of.get(p, -1),
+            wrong,
+        ]
 
     detail = {str(c): [[sample(p) for p in top], [sample(p) for p in sel]] for c, (top, sel) in samples.items()}
     r4 = lambda a: np.round(a, 4).tolist()  # noqa: E731
@@ -179,29 +265,39 @@ def gallery_data(table: LossTable | None, selected_ids: np.ndarray | None, resol
         "thumbs": thumbs,
         "prefix": prefix,
         "detailClasses": int(len(detail_classes)),
+        "threshold": _finite_or_none(rule["per_class"]) if "per_class" in rule else None,
+        "rule": {"name": rule.get("name", ""), "loss": _finite_or_none(rule.get("loss"))},
     }
     return data, {"thumbnails": len(thumbs), "missing": len(needed) - len(thumbs), "detail_classes": len(detail)}
 
 
 # -- the page ---------------------------------------------------------------------------------------------------
-STAGE_COLUMNS = [("name", "stage"), ("train_samples", "train samples"), ("purity", "purity"),
-                 ("loss_auroc", "loss AUROC (noise)"), ("val_mean_top1_error", "val mean top-1 err"),
-                 ("test_mean_top1_error", "test mean top-1 err"), ("test_top1_error", "test top-1 err")]  # fmt: skip
+STAGE_COLUMNS = [
+    ("name", "stage"),
+    ("train_samples", "train samples"),
+    ("purity", "purity"),
+    ("loss_auroc", "loss AUROC (noise)"),
+    ("val_mean_top1_error", "val mean top-1 err"),
+    ("test_mean_top1_error", "test mean top-1 err"),
+    ("test_top1_error", "test top-1 err"),
+]
+TEMPLATE = "report.html.j2"
 
 
-def stages_table(rows: list[dict]) -> str:
-    if not rows:
-        return '<p class="empty">no finished stage yet</p>'
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The page's templates (report/templates/, shipped as package data), autoescaped: a class name or path is
+    always text. The included CSS and script are not HTML and are not escaped."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("lossguided.report", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def stage_cells(rows: list[dict]) -> list[list[str]]:
     fmt = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in STAGE_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(k)))}</td>" for k, _ in STAGE_COLUMNS) + "</tr>"
-                   for r in rows)  # fmt: skip
-    return f'<table class="stages"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def png_img(png: bytes, alt: str, element_id: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img class="figure" id="{element_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return [[fmt(r.get(k)) for k, _ in STAGE_COLUMNS] for r in rows]
 
 
 def json_for_script(data: dict) -> str:
@@ -210,87 +306,113 @@ def json_for_script(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
 
 
-def render_page(run: RunFolder, resolver: ImageResolver, options: ReportOptions = ReportOptions(),
-                title: str | None = None) -> tuple[str, dict]:  # fmt: skip
-    """The whole HTML page and a summary dict (thumbnails, missing images, notices)."""
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def _loss_section(run: RunFolder, rule: DropRule, high_why: str, data: dict) -> tuple[dict | None, dict | None]:
+    """What the page says about the loss table and the selection (None: no loss table / no selection)."""
+    table = run.table
+    if table is None:
+        return None, None
+    if rule.per_class is not None:
+        finite = rule.per_class[np.isfinite(rule.per_class)]
+        auto = f"auto: a threshold per class ({len(finite):,} of {len(rule.per_class):,} classes have one"
+        auto += f", median {np.median(finite):.4g})" if finite.size else ")"
+        drop = "; ".join([auto] + [f"{n} → loss > {v:.4g}" for n, v in rule.lines if not n.startswith("auto")])
+        suspect_rule = "their class's threshold (auto)"
+    else:
+        drop = ", ".join(f"{n} → loss > {v:.4g}" for n, v in rule.lines) or "none in the config"
+        suspect_rule = f"{data['rule']['loss']:.4g} ({high_why})" if data["rule"]["loss"] is not None else high_why
+    losses = {
+        "png": _b64(figures.loss_histogram(table.losses, table.is_noisy, rule.lines)),
+        "source": f"record{run.round}/losses.npz",
+        "samples": len(table),
+        "classes": len(table.classes),
+        "rule": drop,
+        "dropped": int((table.losses > rule.per_sample).sum()) if rule.any else None,
+        "suspect_rule": suspect_rule,
+        "known_wrong": int(table.is_noisy.sum()) if table.is_noisy is not None else None,
+    }
+    sel = np.asarray(data["sel"])
+    if run.selected_ids is None or not len(sel):
+        return losses, None
+    selection = {
+        "source": f"refine{run.round}/selected.csv",
+        "total": int(sel.sum()),
+        "covered": int((sel > 0).sum()),
+        "classes": len(sel),
+        "median": f"{np.median(sel):g}",
+        "max": int(sel.max()),
+    }
+    return losses, selection
+
+
+def render_page(
+    run: RunFolder, resolver: ImageResolver, options: ReportOptions = ReportOptions(), title: str | None = None
+) -> tuple[str, dict]:
+    """The whole HTML page (the Jinja2 template report.html.j2) and a summary dict (thumbnails, missing images,
+    notices)."""
     notices = list(run.notices)
     table = run.table
     losses = table.losses if table is not None else np.empty(0, np.float32)
-    thresholds = drop_thresholds(losses, run.refine_setting("drop_loss_above"), run.refine_setting("drop_quantile"),
-                                 table.labels if table is not None else None)  # fmt: skip
-    high_loss, high_why = high_loss_threshold(losses, thresholds)
-    data, counts = gallery_data(table, run.selected_ids, resolver, options, high_loss)
+    labels = table.labels if table is not None else np.empty(0, np.int64)
+    rule = drop_rule(
+        labels,
+        losses,
+        num_classes=len(table.classes) if table is not None else 0,
+        drop_loss_above=run.refine_setting("drop_loss_above"),
+        drop_quantile=run.refine_setting("drop_quantile"),
+    )
+    high_loss, high_why = high_loss_limit(losses, rule)
+    if rule.per_class is not None:
+        shown = {"per_class": rule.per_class}
+    else:
+        shown = {"name": high_why, "loss": float(high_loss[0]) if len(high_loss) else None}
+    data, counts = gallery_data(table, run.selected_ids, resolver, options, high_loss, shown)
     data["pageSize"] = options.page_size
     if counts["missing"]:
         examples = ", ".join(resolver.missing[:3])
-        notices.append(f"{counts['missing']} of {counts['missing'] + counts['thumbnails']} images to show are "
-                       f"missing or unreadable (e.g. {examples}); they appear as grey boxes")  # fmt: skip
+        notices.append(
+            f"{counts['missing']} of {counts['missing'] + counts['thumbnails']} images to show are "
+            f"missing or unreadable (e.g. {examples}); they appear as grey boxes"
+        )
     notices += [f"image source problem: {e}" for e in dict.fromkeys(resolver.errors)]
     n_classes = len(data["names"])
     if counts["detail_classes"] < n_classes and options.thumbs_per_class:
-        notices.append(f"thumbnails for the {counts['detail_classes']:,} worst of {n_classes:,} classes only "
-                       "(--max-classes); the others show their numbers")  # fmt: skip
-
-    title = title or f"lossguided report: {run.path.name}"
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f'<p class="meta">run folder {html.escape(str(run.path))} · round {run.round} · generated '
-             f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>"]  # fmt: skip
-    parts.append('<div id="notices">' + "".join(
-        f'<div class="notice"><b>Missing:</b> {html.escape(n)}</div>' for n in notices) + "</div>")  # fmt: skip
-    parts.append("<h2>Stages</h2>" + stages_table(run.stages))
-    parts.append("<h2>Learning curves</h2>")
-    parts.append(png_img(figures.learning_curves(run.curves), "learning curves", "curves") if run.curves
-                 else '<p class="empty">no metrics.jsonl in any stage yet</p>')  # fmt: skip
-    parts.append("<h2>Loss distribution</h2>")
-    if table is not None:
-        noisy = table.is_noisy
-        parts.append(png_img(figures.loss_histogram(table.losses, noisy, thresholds), "loss histogram", "losses"))
-        drop = ", ".join(f"{n} → loss > {v:.4g}" for n, v in thresholds) or "none in the config"
-        dropped = int((table.losses > high_loss).sum()) if thresholds else 0
-        parts.append(
-            f'<p class="meta">record{run.round}/losses.npz: {len(table):,} samples, '
-            f"{len(table.classes):,} classes. Drop rule: {html.escape(drop)}"
-            f"{f' ({dropped:,} samples dropped)' if thresholds else ''}. "
-            f"High loss on this page means loss &gt; {high_loss:.4g} ({html.escape(high_why)})."
-            + (f" Known wrong labels: {int(noisy.sum()):,}." if noisy is not None else "")
-            + "</p>"
+        notices.append(
+            f"thumbnails for the {counts['detail_classes']:,} worst of {n_classes:,} classes only "
+            "(--max-classes); the others show their numbers"
         )
-        sel = np.asarray(data["sel"])
-        if run.selected_ids is not None and len(sel):
-            parts.append(f'<p class="meta">refine{run.round}/selected.csv: {int(sel.sum()):,} samples selected; '
-                         f"{int((sel > 0).sum()):,} of {len(sel):,} classes covered; per class: median "
-                         f"{np.median(sel):g}, max {int(sel.max())}.</p>")  # fmt: skip
-    else:
-        parts.append('<p class="empty">no loss table</p>')
-    parts.append(
-        "<h2>Classes</h2>"
-        '<p class="meta">Per class: the highest-loss samples the selection left out (the likeliest wrong labels; '
-        "red frame = label known to be wrong) beside the lowest-loss samples the selection kept. Caption: id, "
-        "average loss, the model's predicted class, the path (hover for all of it)"
-        + (f", relative to <code>{html.escape(data['prefix'])}</code>" if data["prefix"] else "")
-        + ". <code>lossguided suspects</code> writes the full ranked list as CSV.</p>"
-        '<div class="controls"><input id="class-search" type="search" placeholder="search classes by name" '
-        'autocomplete="off"> <label>sort <select id="class-sort">'
-        '<option value="worst">worst first (high-loss share, mean loss)</option>'
-        '<option value="mean">highest mean loss</option><option value="size">largest</option>'
-        '<option value="small">smallest</option><option value="name">name</option></select></label> '
-        '<button id="prev-page">&larr; prev</button><button id="next-page">next &rarr;</button> '
-        '<span id="page-info"></span></div><div id="gallery"></div>'
-    )
-    parts.append(f'<footer>lossguided report · {n_classes:,} classes · {counts["thumbnails"]:,} thumbnails '
-                 f"({options.thumb_size}px JPEG) · self-contained, no network</footer>")  # fmt: skip
+    loss_info, selection = _loss_section(run, rule, high_why, data)
     page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
-        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
-        f"<title>{html.escape(title)}</title><style>{assets.CSS}</style></head><body>"
-        + "\n".join(parts)
-        + f'\n<script type="application/json" id="report-data">{json_for_script(data)}</script>'
-        + f"\n<script>{assets.JS}</script>\n</body></html>\n"
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            title=title or f"lossguided report: {run.path.name}",
+            run_path=str(run.path),
+            round=run.round,
+            generated=datetime.datetime.now().isoformat(timespec="seconds"),
+            notices=notices,
+            stage_titles=[t for _, t in STAGE_COLUMNS],
+            stage_rows=stage_cells(run.stages),
+            curves_png=_b64(figures.learning_curves(run.curves)) if run.curves else None,
+            losses=loss_info,
+            selection=selection,
+            prefix=data["prefix"],
+            n_classes=n_classes,
+            n_thumbnails=counts["thumbnails"],
+            thumb_size=options.thumb_size,
+            data_json=markupsafe.Markup(json_for_script(data)),  # '<' already escaped for a script element
+        )
     )
-    summary = {"classes": n_classes, "thumbnail_classes": counts["detail_classes"], "thumbnails": counts["thumbnails"],
-               "missing_images": counts["missing"], "notices": notices}  # fmt: skip
+    summary = {
+        "classes": n_classes,
+        "thumbnail_classes": counts["detail_classes"],
+        "thumbnails": counts["thumbnails"],
+        "missing_images": counts["missing"],
+        "notices": notices,
+    }
     return page, summary
 
 

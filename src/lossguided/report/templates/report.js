@@ -1,47 +1,3 @@
-"""The report page's inline CSS and JavaScript (no network: everything the page needs is in the one file).
-
-The script reads the embedded JSON (`#report-data`), filters the classes by the search box, sorts them, and renders
-one page of class cards at a time, so the page stays fast with 50,000 classes. It builds the DOM with
-`textContent` only: class names and paths are never parsed as HTML.
-"""
-
-CSS = """
-*{box-sizing:border-box}
-body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1400px;padding:12px 20px;
- color:#1d1d1f;background:#fafafa}
-h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:24px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.meta{color:#666;font-size:12px}
-.notice{background:#fff4d6;border:1px solid #e0b84c;border-radius:4px;padding:6px 10px;margin:6px 0}
-.notice b{color:#8a5a00}
-table.stages{border-collapse:collapse;font-variant-numeric:tabular-nums}
-table.stages th,table.stages td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-table.stages th:first-child,table.stages td:first-child{text-align:left}
-table.stages th{background:#eee}
-img.figure{max-width:100%;height:auto;border:1px solid #ddd;background:#fff}
-.controls{display:flex;gap:10px;align-items:center;flex-wrap:wrap;position:sticky;top:0;background:#fafafa;
- padding:8px 0;z-index:1;border-bottom:1px solid #ddd}
-.controls input[type=search]{font-size:15px;padding:4px 8px;width:320px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 10px;margin:10px 0}
-.card h3{font-size:15px;margin:0 0 4px}
-.card .stats{color:#555;font-size:12px;margin-bottom:6px}
-.rows{display:flex;gap:18px;flex-wrap:wrap}
-.row h4{font-size:12px;margin:2px 0;color:#444;font-weight:600}
-.row.suspects h4{color:#b3261e}.row.selected h4{color:#1d6b2c}
-.tiles{display:flex;gap:6px;flex-wrap:wrap}
-figure.tile{margin:0;width:84px;font-size:10px;line-height:1.25}
-figure.tile figcaption div{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-figure.tile .loss{font-weight:600}
-figure.tile img,figure.tile .missing{width:64px;height:64px;object-fit:contain;image-rendering:pixelated;
- background:#eee;border:2px solid #ddd;display:block}
-figure.tile.noisy img{border-color:#d8453b}
-figure.tile .missing{display:flex;align-items:center;justify-content:center;color:#999;font-size:10px}
-figure.tile .pred{color:#666}
-.empty{color:#888;font-style:italic;font-size:12px}
-.bar{display:inline-block;height:8px;background:#d8453b;vertical-align:middle;margin-left:4px}
-footer{color:#888;font-size:12px;margin:24px 0}
-"""
-
-JS = r"""
 (function () {
   "use strict";
   const D = JSON.parse(document.getElementById("report-data").textContent);
@@ -100,12 +56,12 @@ JS = r"""
     return text.length > n ? "…" + text.slice(-(n - 1)) : text;
   }
 
-  function row(kind, title, samples) {
+  function row(kind, title, samples, none) {
     const r = el("div", "row " + kind);
     r.appendChild(el("h4", "", title));
     const t = el("div", "tiles");
     if (samples.length) samples.forEach((s) => t.appendChild(tile(s)));
-    else t.appendChild(el("span", "empty", "none"));
+    else t.appendChild(el("span", "empty", none || "none"));
     r.appendChild(t);
     return r;
   }
@@ -129,7 +85,12 @@ JS = r"""
       return k;
     }
     const rows = el("div", "rows");
-    rows.appendChild(row("suspects", "highest loss, not selected: suspected wrong labels", d[0]));
+    // suspects: only samples above the run's drop rule (a per-class threshold for 'auto'), highest loss first
+    const limit = D.threshold ? D.threshold[c] : D.rule.loss;
+    const rule = limit === null ? "no drop threshold for this class" : "loss > " + limit.toFixed(3) + " (" +
+      (D.threshold ? "this class's drop threshold" : D.rule.name) + ")";
+    rows.appendChild(row("suspects", "suspected wrong labels: not selected, " + rule, d[0],
+      "none: no sample of this class is above " + (limit === null ? "a drop threshold" : "it")));
     rows.appendChild(row("selected", "selected for fine-tuning: lowest loss", d[1]));
     k.appendChild(rows);
     return k;
@@ -164,4 +125,3 @@ JS = r"""
   next.addEventListener("click", () => { page += 1; render(); window.scrollTo(0, gallery.offsetTop - 60); });
   refresh();
 })();
-"""
