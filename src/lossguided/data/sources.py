@@ -45,7 +45,8 @@ def load_manifest(
 
 
 def _read_csv_once_per_machine(path: Path, **kwargs) -> Manifest:
-    """`read_csv`, by local rank 0 first; every rank reaches the barrier, also when the first read fails."""
+    """`read_csv`, by local rank 0 first; every rank reaches the barrier, also when the first read fails (then
+    local rank 0 raises its error and the others find theirs)."""
     from lossguided.engine.distributed import barrier, get_info
 
     info = get_info()
@@ -55,7 +56,7 @@ def _read_csv_once_per_machine(path: Path, **kwargs) -> Manifest:
     if info.local_rank == 0:
         try:
             manifest = read_csv(path, **kwargs)
-        except DataError as e:
+        except Exception as e:  # re-raised below, once every rank has reached the barrier
             error = e
     barrier()
     if error is not None:
