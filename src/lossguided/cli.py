@@ -216,8 +216,10 @@ def cmd_losses(args: argparse.Namespace) -> int:
     train = stages.load_splits(cfg.data, classes=checkpoint.classes_of(state)).train
     work = layout.record_work_dir(args.out)
     table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out, work_dir=work,
-                                 resume=not args.no_resume)  # fmt: skip
+                                 resume=not args.no_resume, pred_probs_path=args.pred_probs)  # fmt: skip
     summary = {"out": args.out, "samples": len(table), "mean_loss": float(table.losses.mean())}
+    if args.pred_probs:
+        summary["pred_probs"] = args.pred_probs
     if _is_main():
         if args.keep_work:
             summary["work"] = str(work)
@@ -534,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
         "table is written",
     )
     p.add_argument("--out", "--output", required=True, help="loss table file (.npz)")
+    p.add_argument(
+        "--pred-probs",
+        metavar="PATH",
+        help="also write every sample's predicted probabilities of the last recorded epoch: an [N, K] float16 .npy "
+        "in the loss table's id order, for cleanlab's find_label_issues (at most 1,000 classes) (default: none)",
+    )
     p.add_argument("--no-resume", action="store_true", help="start the recording over even if it was interrupted")
     p.set_defaults(func=cmd_losses)
 

@@ -123,17 +123,71 @@ def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: st
     return trainer.fit(resume=resume)
 
 
+PRED_PROBS_MAX_CLASSES = 1000  # an [N, K] float16 matrix beyond this is too big to be a by-product
+
+
 def record_losses(cfg: RecipeConfig, train_set: Manifest, *, checkpoint_path: str | Path, out_path: str | Path,
-                  work_dir: str | Path | None = None, resume: bool = True) -> LossTable:  # fmt: skip
+                  work_dir: str | Path | None = None, resume: bool = True,
+                  pred_probs_path: str | Path | None = None) -> LossTable:  # fmt: skip
     """The paper's recording: fine-tune once more on all the training data (cfg.record.epochs at cfg.record.lr,
-    default the pre-training lr) and average each sample's loss over those epochs. lr 0 records without updates."""
+    default the pre-training lr) and average each sample's loss over those epochs. lr 0 records without updates.
+    With `pred_probs_path` (K <= 1,000) the last epoch's softmax of every sample is also written there: an [N, K]
+    float16 .npy (open it with np.load(path, mmap_mode="r")), rows in the loss table's id order, for cleanlab."""
+    kw = {"checkpoint_path": checkpoint_path, "out_path": out_path, "work_dir": work_dir, "resume": resume}
+    if pred_probs_path is not None:
+        return _record_with_pred_probs(cfg, train_set, Path(pred_probs_path), **kw)
+    return _record(cfg, train_set, LossRecorder(train_set.ids), **kw)
+
+
+def _record_with_pred_probs(cfg: RecipeConfig, train_set: Manifest, pred_probs_path: Path, **kw) -> LossTable:
+    from numpy.lib.format import open_memmap
+
+    from lossguided.engine.distributed import get_info
+    from lossguided.io import atomic_path
+
+    n, k = len(train_set), len(train_set.classes)
+    if k > PRED_PROBS_MAX_CLASSES:
+        raise ConfigError(
+            f"--pred-probs: {k:,} classes is more than {PRED_PROBS_MAX_CLASSES:,} (an [N, K] matrix of "
+            f"{n * k * 2 / 1e9:.1f} GB); the loss table keeps each sample's top-5 and p_label instead"
+        )
+    if pred_probs_path.suffix != ".npy":
+        raise ConfigError(
+            f"--pred-probs {pred_probs_path}: the matrix is a .npy file; name it {pred_probs_path.stem}.npy"
+        )
+    if not get_info().is_main:  # only the main rank writes; the others still take part in every gather
+        return _record(cfg, train_set, LossRecorder(train_set.ids, pred_probs=k), **kw)
+    with atomic_path(pred_probs_path) as tmp:
+        probs = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, k))
+        probs[:] = np.nan  # a row left NaN was never recorded
+        table = _record(cfg, train_set, LossRecorder(train_set.ids, pred_probs=k, pred_probs_out=probs), **kw)
+        missing = int(np.isnan(probs[:, 0]).sum()) if n else 0
+        probs.flush()
+        del probs
+        if missing:
+            raise ConfigError(
+                f"--pred-probs: {missing:,} samples have no probabilities (the recording resumed from "
+                "a run made without --pred-probs); rerun with --no-resume"
+            )
+    return table
+
+
+def _record(
+    cfg: RecipeConfig,
+    train_set: Manifest,
+    recorder: LossRecorder,
+    *,
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    work_dir: str | Path | None,
+    resume: bool,
+) -> LossTable:
     rec = cfg.record
     lr = cfg.pretrain.lr if rec.lr is None else rec.lr
     tcfg = dataclasses.replace(cfg.pretrain, epochs=rec.epochs, lr=max(lr, 1e-12), patience=None, flip=False,
                                smoothing=0.0, batch_size=rec.batch_size or cfg.pretrain.batch_size)  # fmt: skip
     seed_everything(tcfg.seed)
     model = build_model(cfg, train_set.classes, init_from=checkpoint_path)
-    recorder = LossRecorder(train_set.ids)
     out_path = Path(out_path)
     work_dir = Path(work_dir) if work_dir else out_path.parent / (out_path.stem + "_record")
     trainer = Trainer(model, make_dataset(train_set, image_size=cfg.data.image_size), cfg=tcfg,

@@ -4,7 +4,9 @@ The step hands its per-sample losses, ids and logits to `update`, which only app
 (no host sync in the hot path): the loss, the argmax, the probability of the given label and the top-5 classes with
 their probabilities (from one `topk` and one `logsumexp` over the batch's logits, never a [N, K] table). At the end of
 an epoch they are gathered from every rank and folded into per-id values, each id at most once per epoch, so the
-padding DistributedSampler adds never counts a sample twice.
+padding DistributedSampler adds never counts a sample twice. Only when asked (`pred_probs=K`, for cleanlab) does it
+also keep each sample's whole softmax [K] in float16, written at the end of each epoch into an [N, K] array the
+caller owns (a memmap: `lossguided losses --pred-probs`); an epoch's [N / world, K] of them wait on the device.
 """
 
 from __future__ import annotations
@@ -21,9 +23,19 @@ _DTYPES = (torch.int64, torch.float32, torch.int64, torch.float32, torch.int32, 
 
 class LossRecorder:
     """Running per-id average of the training loss, plus the last epoch's prediction, probability of the given label
-    and top-5 (class, probability). `ids`: every id of the training set [N]."""
+    and top-5 (class, probability). `ids`: every id of the training set [N].
 
-    def __init__(self, ids: np.ndarray) -> None:
+    `pred_probs`: K to also keep each sample's softmax over the K classes (float16, last epoch), 0 not to (no [B, K]
+    copy per step). Every rank must pass the same K (the epoch's gather is a collective); they are written into
+    `pred_probs_out` [N, K] (rows in sorted-id order, the loss table's), on a rank that passes one."""
+
+    def __init__(self, ids: np.ndarray, *, pred_probs: int = 0, pred_probs_out: np.ndarray | None = None) -> None:
+        if pred_probs < 0 or (pred_probs_out is not None and pred_probs_out.shape != (len(ids), pred_probs)):
+            shape = None if pred_probs_out is None else pred_probs_out.shape
+            raise ValueError(f"pred_probs_out must be [N, K] = [{len(ids)}, {pred_probs}], got {shape}")
+        self.pred_probs, self.pred_probs_out = pred_probs, pred_probs_out
+        self._fields = _FIELDS + (("probs",) if pred_probs else ())
+        self._dtypes = _DTYPES + ((torch.float16,) if pred_probs else ())
         self.ids = np.sort(np.asarray(ids, dtype=np.int64))
         n = len(self.ids)
         self.sums = np.zeros(n, dtype=np.float64)
@@ -32,7 +44,7 @@ class LossRecorder:
         self.p_label = np.full(n, np.nan, dtype=np.float32)  # probability of the given label, last epoch
         self.top_classes = np.full((n, TOP_K), -1, dtype=np.int32)
         self.top_probs = np.zeros((n, TOP_K), dtype=np.float16)
-        self._pending: dict[str, list[torch.Tensor]] = {f: [] for f in _FIELDS}
+        self._pending: dict[str, list[torch.Tensor]] = {f: [] for f in self._fields}
 
     def update(
         self, ids: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None = None
@@ -52,7 +64,9 @@ class LossRecorder:
             top = torch.cat([top, torch.full_like(top[:, :1], -torch.inf).expand(-1, pad)], 1)
             classes = torch.cat([classes, torch.full_like(classes[:, :1], -1).expand(-1, pad)], 1)
         values = (ids.detach(), losses, logits.argmax(1), p_label, classes.int(), (top - lse).exp().half())
-        for name, value in zip(_FIELDS, values, strict=True):
+        if self.pred_probs:
+            values += ((logits - lse).exp().half(),)
+        for name, value in zip(self._fields, values, strict=True):
             self._pending[name].append(value)
 
     @property
@@ -66,11 +80,12 @@ class LossRecorder:
     def _gathered(self) -> dict[str, torch.Tensor]:
         """This epoch's records so far from every rank, concatenated (a collective); [B*, ...] CPU tensors."""
         out = {}
-        for name, dtype in zip(_FIELDS, _DTYPES, strict=True):
+        for name, dtype in zip(self._fields, self._dtypes, strict=True):
+            width = TOP_K if name.startswith("top") else self.pred_probs if name == "probs" else None
             parts = self._pending[name]
-            local = torch.cat(parts) if parts else torch.zeros((0, TOP_K) if name.startswith("top") else 0, dtype=dtype)
+            local = torch.cat(parts) if parts else torch.zeros((0, width) if width else 0, dtype=dtype)
             flat = torch.cat(all_gather_tensors(local.reshape(-1))).cpu()
-            out[name] = flat.view(-1, TOP_K) if name.startswith("top") else flat
+            out[name] = flat.view(-1, width) if width else flat
         return out
 
     def end_epoch(self) -> None:
@@ -78,7 +93,7 @@ class LossRecorder:
         if not self._pending["ids"]:
             return
         rec = self._gathered()
-        self._pending = {f: [] for f in _FIELDS}
+        self._pending = {f: [] for f in self._fields}
         ids, first = np.unique(rec["ids"].numpy(), return_index=True)  # padding repeats a few samples: keep one each
         pos = np.searchsorted(self.ids, ids).clip(0, len(self.ids) - 1)
         if not np.array_equal(self.ids[pos], ids):
@@ -89,6 +104,8 @@ class LossRecorder:
         self.p_label[pos] = rec["p_label"].numpy()[first]
         self.top_classes[pos] = rec["top_classes"].numpy()[first]
         self.top_probs[pos] = rec["top_probs"].numpy()[first]
+        if self.pred_probs_out is not None:
+            self.pred_probs_out[pos] = rec["probs"].numpy()[first]
 
     def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ids [N], mean loss [N] float32, n_records [N], last prediction [N]); a sample never recorded is an
@@ -111,9 +128,11 @@ class LossRecorder:
         """Put an interrupted epoch's records back (on one rank: `end_epoch` gathers and de-duplicates). A checkpoint
         from before the probabilities were recorded gets placeholders (the next epoch records them)."""
         n = len(state["ids"])
-        for name, dtype in zip(_FIELDS, _DTYPES, strict=True):
+        for name, dtype in zip(self._fields, self._dtypes, strict=True):
             if name in state:
                 value = state[name]
+            elif name == "probs":  # recorded without them: NaN rows, which the writer refuses
+                value = torch.full((n, self.pred_probs), torch.nan, dtype=dtype)
             elif name.startswith("top"):
                 value = torch.full((n, TOP_K), -1 if name == "top_classes" else 0, dtype=dtype)
             else:
