@@ -182,15 +182,17 @@ def _resolve(args: argparse.Namespace, *, section: str | None = "pretrain") -> c
 
 # -- subcommands ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from lossguided import stages
+    from lossguided import runlock, stages
+    from lossguided.engine.distributed import get_info
 
     section = "finetune" if args.init_from else "pretrain"
     cfg = _resolve(args, section=section)
     splits = stages.load_splits(cfg.data)
     out = Path(args.out)
-    _save_config(cfg, out)
-    result = stages.train(cfg, splits, out_dir=out, section=section, init_from=args.init_from,
-                          resume=not args.no_resume)  # fmt: skip
+    with runlock.hold(out, enabled=get_info().is_main):  # before config.yaml: a second run must not overwrite it
+        _save_config(cfg, out)
+        result = stages.train(cfg, splits, out_dir=out, section=section, init_from=args.init_from,
+                              resume=not args.no_resume)  # fmt: skip
     print(json.dumps({"out": str(out), "epochs": result.epochs_done, "best_val_mean_top1_error": result.best_val_error,
                       "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from}))  # fmt: skip
     return 0

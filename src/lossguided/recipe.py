@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lossguided import stages
+from lossguided import runlock, stages
 from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differences, from_dict, to_dict
 from lossguided.engine.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
@@ -60,8 +60,13 @@ def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
 
 
 def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
-    """Run (or resume) every stage; returns and writes OUT/metrics.json {"stages": [...]} in run order."""
-    out_dir = Path(out_dir)
+    """Run (or resume) every stage; returns and writes OUT/metrics.json {"stages": [...]} in run order. The folder
+    is this process's while it runs: a second run on it stops at once (runlock)."""
+    with runlock.hold(out_dir, enabled=get_info().is_main):
+        return _run_recipe(cfg, Path(out_dir))
+
+
+def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     _check_resumable(cfg, out_dir)
     if get_info().is_main:
         write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))

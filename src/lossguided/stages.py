@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from torch import nn
 
 from lossguided.config import ConfigError, DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
 from lossguided.data import fashion_mnist
-from lossguided.data.datasets import check_images, make_dataset
+from lossguided.data.datasets import BadImage, check_all, make_dataset, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest
 from lossguided.data.sources import load_manifest
 from lossguided.engine import checkpoint
@@ -33,6 +33,7 @@ class Splits:
     train: Manifest
     val: Manifest | None
     test: Manifest | None
+    bad_images: list[BadImage] = field(default_factory=list)  # left out with data.skip_bad_images
 
     @property
     def classes(self) -> ClassMap:
@@ -44,8 +45,8 @@ def fashion_mnist_options(data: DataConfig) -> fashion_mnist.FashionMnistOptions
 
 
 def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train: bool = True) -> Splits:
-    """Read train/val/test; val and test are encoded with the training class map, and every image header is
-    checked now, so bad input stops the run before any training."""
+    """Read train/val/test; val and test are encoded with the training class map, and every image file is decoded
+    once now, so bad input stops the run before any training (or, with data.skip_bad_images, is left out)."""
     opts = fashion_mnist_options(data)
     builtin = data.train == fashion_mnist.NAME
     train = load_manifest(data.train, split="train", classes=classes, fashion_mnist_options=opts) if need_train \
@@ -55,12 +56,10 @@ def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train
     test_spec = data.test or (fashion_mnist.NAME if builtin else None)
     val = load_manifest(val_spec, split="val", classes=classes, fashion_mnist_options=opts) if val_spec else None
     test = load_manifest(test_spec, split="test", classes=classes, fashion_mnist_options=opts) if test_spec else None
-    for m in (train, val, test):
-        if m is not None and not data.skip_bad_images:
-            check_images(m)
+    (train, val, test), bad = check_all((train, val, test), skip_bad=data.skip_bad_images, workers=data.workers)
     if train is None:
         train = val or test
-    return Splits(train, val, test)
+    return Splits(train, val, test, bad)
 
 
 def loader_kwargs(data: DataConfig) -> dict:
@@ -120,6 +119,8 @@ def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: st
         val_set=make_dataset(splits.val, image_size=size) if splits.val else None,
         loader_kwargs=loader_kwargs(cfg.data),
     )  # fmt: skip
+    if splits.bad_images and trainer.info.is_main:
+        write_bad_images(Path(out_dir) / "bad_images.csv", splits.bad_images)
     return trainer.fit(resume=resume)
 
 

@@ -89,7 +89,9 @@ def test_two_process_train_writes_once_and_its_checkpoint_evaluates_in_one_proce
     assert len(lines) == 1, f"only rank 0 prints its result: {lines}"
     assert json.loads(lines[0])["epochs"] == 1
     assert stderr.count("epoch=1 train_loss=") == 1  # and only rank 0 logs
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]  # one of each, rank 0's
+    assert (out / ".lock").read_text() == ""  # released on a clean exit
     (record,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     state = checkpoint.load(out / "last.pt")
     assert state["epoch"] == 1 and state["step"] == 3  # ceil(13 / 5) steps per rank, not ceil(25 / 5)
@@ -106,9 +108,10 @@ def test_two_process_train_writes_once_and_its_checkpoint_evaluates_in_one_proce
 def test_two_process_recording_holds_every_id_once_and_equals_one_process(data, trained, capsys):
     ckpt, csv = str(trained[0] / "last.pt"), str(data / "train.csv")
     two, one = data / "rec2" / "losses.npz", data / "rec1" / "losses.npz"
+    # mid-epoch checkpoints gather both ranks
     stdout, _ = torchrun(["losses", "--checkpoint", ckpt, "--train", csv, "--out", str(two), "--lr", "0",
                           "--batch-size", "4", "--workers", "0",
-                          "--set", "pretrain.save_every_steps=1"])  # mid-epoch checkpoints gather both ranks  # fmt: skip
+                          "--set", "pretrain.save_every_steps=1"])  # fmt: skip
     assert json.loads(stdout.strip())["samples"] == N
     capsys.readouterr()
     assert main(["losses", "--checkpoint", ckpt, "--train", csv, "--out", str(one), "--lr", "0",
