@@ -24,9 +24,14 @@ $(FMNIST_DIR)/train-images-idx3-ubyte.gz:
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# A quick look at the whole recipe (configs/demo.yaml, sized for a few minutes on 2 CPU cores): its table, then its
+# report. The full CPU recipe is `lossguided run cpu-small --out runs/cpu-small`.
 demo: venv data
-	$(BIN)/lossguided run cpu-small --out runs/demo
-	$(BIN)/lossguided report runs/demo --out runs/demo/report.html
+	$(BIN)/lossguided run demo --out runs/demo
+	@$(BIN)/lossguided report runs/demo --out runs/demo/report.html >/dev/null
+	@echo "report: runs/demo/report.html (open it in a browser: stages, curves, losses, suspected wrong labels)"
+	@echo "this was a quick look (6,000 images, short epochs, one refinement round); the full CPU recipe:"
+	@echo "  $(BIN)/lossguided run cpu-small --out runs/cpu-small"
 
 # Headless Chromium (Debian's chromium) for the report's browser test; where apt cannot install it, the test is
 # skipped with the reason.
