@@ -124,19 +124,20 @@ class Trainer:
             self.step += 1
             self.scheduler.step_update(self.step)
         if self.recorder is not None:
-            self.recorder.update(ids.to(self.device), losses, logits)
+            self.recorder.update(ids.to(self.device), losses, logits, labels)
         return loss.detach()
 
     # -- epochs -----------------------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
-        self.loader.batch_sampler.sampler.set_epoch(self.epoch)
+        self.loader.set_epoch(self.epoch)
         self.net.train(self.update)
         self.transform.train(self.update)
         total, seen, start = torch.zeros((), device=self.device), 0, time.perf_counter()
         done, point = 0, self.resume_point
         if point is not None:  # continue the interrupted epoch after its last saved batch
             done, total, seen = point["batches"], torch.tensor(point["total"], device=self.device), point["seen"]
-        self.resume_point, self.loader.batch_sampler.skip = None, done
+        self.resume_point = None
+        self.loader.skip(done)
         seen_before, every, n_batches = seen, self.cfg.save_every_steps, len(self.loader)
         # iter() draws the loader's base seed from the global generator: a fresh iterator every epoch without
         # persistent workers, only the first one with them. Persistent workers draw from a copy, so a resumed run
@@ -164,7 +165,7 @@ class Trainer:
                     self._check_finite(first_bad, i, n_batches, weights=True)
                     self._save_mid_epoch(i + 1, total, seen)
         self._check_finite(first_bad, n_batches - 1, n_batches, weights=self.update)
-        self.loader.batch_sampler.skip = 0
+        self.loader.skip(0)
         seen_now = seen - seen_before
         if self.recorder is not None:
             self.recorder.end_epoch()
