@@ -388,6 +388,7 @@ def _brief(r: dict) -> str:
 
 # -- tables ------------------------------------------------------------------------------------------------------
 ROW_ORDER = [
+    ("pretrain", "stage 1 alone (noisy labels, 6 epochs)"),
     ("baseline", "baseline (noisy labels, the recipe's budget)"),
     ("oracle_plain", "oracle, plain (stage 1 on the true labels)"),
     ("matched_oracle", "matched oracle (the recipe on the true labels)"),
@@ -408,11 +409,22 @@ def _ms(values: list[float], digits: int = 4) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def _minutes(values: list) -> str:
+    v = [x for x in values if x is not None]
+    return f"{np.mean(v) / 60:.1f}" if v else "-"
+
+
 def load_rows(results: Path, setting: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for path in sorted((results / setting).glob("*-s*.json")):
         r = json.loads(path.read_text())
         out.setdefault(r["row"], []).append(r)
+    for r in out.get("recipe_auto", []):  # the recipe's own stage 1, before any refinement
+        pre = r["stages"][0]
+        n = pre.get("train_samples")
+        out.setdefault("pretrain", []).append(
+            _errors(pre) | {"seed": r["seed"], "train_samples": n, "images_seen": n * 6 if n else None, "wall_s": None}
+        )
     return out
 
 
@@ -445,7 +457,7 @@ def to_markdown(results: Path, setting: str) -> str:
             f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('val_mean_top1_error'))} | {gap} "
             f"| {_ms(get('train_samples'), 0)} | {_ms(get('purity'), 3)} | {_ms(get('min_class_selected'), 0)} "
             f"| {_ms(get('estimated_noise_rate'), 3)} | {'-' if np.isnan(seen) else f'{seen:,.0f}'} "
-            f"| {np.mean(get('wall_s')) / 60:.1f} |".replace(" (1 seed)", "")
+            f"| {_minutes(get('wall_s'))} |".replace(" (1 seed)", "")
         )
     return "\n".join(lines)
 
