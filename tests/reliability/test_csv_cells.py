@@ -86,3 +86,21 @@ def test_eda_tables_are_safe(tmp_path):
             cells = [c for row in csv.reader(f) for c in row]
         assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), (name, cells)
         assert any(c.startswith("'=cmd") for c in cells) or name == "duplicates.csv"
+
+
+def test_selected_csv_is_safe_and_reads_back_as_the_same_training_manifest(tmp_path):
+    from lossguided.data.manifest import read_csv
+    from lossguided.refine.apply import write_selection
+
+    table = hostile_table(tmp_path)
+    for i in range(len(table)):
+        (tmp_path / f"-img{i}.png").write_bytes(b"")  # read_csv checks existence only
+    table.paths = np.array([str(tmp_path / f"-img{i}.png") for i in range(len(table))], dtype=object)
+    write_selection(table, table.ids, tmp_path / "selected.csv")
+    for name in ("selected.csv", "selected.summary.csv"):
+        with open(tmp_path / name, newline="") as f:
+            cells = [c for row in csv.reader(f) for c in row]
+        assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), (name, cells)
+    back = read_csv(tmp_path / "selected.csv", cache_dir=tmp_path / "cache")
+    assert sorted(back.classes.names) == sorted(table.classes.names)
+    assert [back.classes.names[i] for i in back.labels] == [table.classes.names[i] for i in table.labels]

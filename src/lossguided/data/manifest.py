@@ -19,6 +19,7 @@ import numpy as np
 
 from lossguided.data.csvread import CsvError, mark_checked, read_columns, was_checked
 from lossguided.data.strings import StringColumn, range_hashes
+from lossguided.io import unsafe_cell
 
 CHECK_CHUNK = 1 << 18  # rows per step of the existence check
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -227,8 +228,9 @@ def read_csv(
     if not len(cols):
         raise DataError(f"{path}: no samples")
     rows = np.arange(2, len(cols) + 2)
-    classes = classes or ClassMap.from_names(cols.label_names)
-    labels = classes.encode_codes(cols.label_names, cols.label_codes, source=str(path), rows=rows)
+    names = [unsafe_cell(n) for n in cols.label_names]  # a label we wrote spreadsheet-safe ('=x) reads back as =x
+    classes = classes or ClassMap.from_names(names)
+    labels = classes.encode_codes(names, cols.label_codes, source=str(path), rows=rows)
     paths, is_file = _resolve(cols.paths, path.parent, builtin_prefixes)
     if check_files:
         key = f"files-exist:{os.path.abspath(path.parent)}"

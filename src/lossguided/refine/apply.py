@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lossguided.data.manifest import DataError
-from lossguided.io import atomic_path, write_json
+from lossguided.io import atomic_path, safe_cell, write_json
 from lossguided.layout import csv_path
 from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
@@ -60,7 +60,7 @@ def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | o
     """Write `id,path,label` of the selection and `<out>.summary.csv` (class, available, selected)."""
     out_csv = Path(out_csv)
     pos = np.searchsorted(table.ids, selected_ids)
-    names = np.array(table.classes.names, dtype=object)
+    names = np.array([safe_cell(n) for n in table.classes.names], dtype=object)  # no cell a spreadsheet runs
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", "label"])
@@ -73,7 +73,7 @@ def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | o
     with atomic_path(summary_path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "available", "selected"])
-        w.writerows(zip(table.classes.names, available.tolist(), chosen.tolist(), strict=True))
+        w.writerows(zip(names.tolist(), available.tolist(), chosen.tolist(), strict=True))
     return {"manifest": str(out_csv), "summary": str(summary_path)}
 
 
