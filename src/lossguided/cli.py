@@ -27,7 +27,7 @@ MODEL_FLAGS = {"model": "model.name", "pretrained": "model.pretrained", "pretrai
 TRAIN_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "smoothing": "smoothing",
     "flip": "flip", "patience": "patience", "seed": "seed", "weight_decay": "weight_decay",
-    "save_every_steps": "save_every_steps",
+    "save_every_steps": "save_every_steps", "randaugment": "randaugment",
 }  # fmt: skip
 
 
@@ -134,6 +134,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=None, help=f"horizontal flip p=0.5 {d('flip')}"
+    )
+    g.add_argument(
+        "--randaugment",
+        "--aa",
+        metavar="CONFIG",
+        help=f"timm RandAugment of each training image, e.g. rand-m9-mstd0.5 (none: off) {d('randaugment')}",
     )
     g.add_argument(
         "--patience", type=int, help=f"early stop after N epochs without val improvement (none: never) {d('patience')}"

@@ -79,6 +79,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     smoothing: float = 0.0  # eq. (1) eps; the paper uses 0.2 when fine-tuning, 0 in pre-training
     flip: bool = False  # horizontal flip p=0.5
+    randaugment: str | None = None  # timm RandAugment of each training image, e.g. 'rand-m9-mstd0.5' (None: off)
     patience: int | None = None  # stop after this many epochs without a better val mean top-1 error
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
@@ -100,6 +101,13 @@ class TrainConfig:
             raise ConfigError("weight_decay and warmup_steps must be finite and >= 0")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 epoch (or null: no early stop), got {self.patience}")
+        if self.randaugment is not None:
+            from lossguided.data.augment import check_randaugment
+
+            try:
+                check_randaugment(self.randaugment)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from torch import nn
 
 from lossguided.config import ConfigError, DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
 from lossguided.data import fashion_mnist
+from lossguided.data.augment import with_randaugment
 from lossguided.data.datasets import BadImage, check_all, make_dataset, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest
 from lossguided.data.sources import load_manifest
@@ -90,6 +91,9 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     return model
 
 
+OPTIONAL_SETTINGS = ("randaugment",)  # training options added later, None when off
+
+
 def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_from: str | Path | None,
             update: bool = True) -> dict:  # fmt: skip
     """What makes a training run this run: the model, the training settings (epochs and patience may grow), the
@@ -102,6 +106,9 @@ def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_f
             start = hashlib.file_digest(f, "sha256").hexdigest()
     free = ("epochs", "patience", "save_every_steps")  # may change between a run and its resumption
     settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in free}
+    for k in OPTIONAL_SETTINGS:  # off: left out, so run folders from before the option existed still resume
+        if settings.get(k) is None:
+            settings.pop(k, None)
     return {"model": dataclasses.asdict(cfg.model), "training settings": settings, "image size": cfg.data.image_size,
             "training data": data.hexdigest(), "starting checkpoint": start, "updates": update}  # fmt: skip
 
@@ -113,8 +120,9 @@ def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: st
     seed_everything(tcfg.seed)
     model = build_model(cfg, splits.classes, init_from=init_from)
     size = cfg.data.image_size
+    train_set = with_randaugment(make_dataset(splits.train, image_size=size), tcfg.randaugment, image_size=size)
     trainer = Trainer(
-        model, make_dataset(splits.train, image_size=size), cfg=tcfg, classes=splits.classes, out_dir=out_dir,
+        model, train_set, cfg=tcfg, classes=splits.classes, out_dir=out_dir,
         run_config=to_dict(cfg), run_key=run_key(cfg, tcfg, splits.train, init_from=init_from),
         val_set=make_dataset(splits.val, image_size=size) if splits.val else None,
         loader_kwargs=loader_kwargs(cfg.data),
@@ -186,7 +194,8 @@ def _record(
     rec = cfg.record
     lr = cfg.pretrain.lr if rec.lr is None else rec.lr
     tcfg = dataclasses.replace(cfg.pretrain, epochs=rec.epochs, lr=max(lr, 1e-12), patience=None, flip=False,
-                               smoothing=0.0, batch_size=rec.batch_size or cfg.pretrain.batch_size)  # fmt: skip
+                               randaugment=None, smoothing=0.0,
+                               batch_size=rec.batch_size or cfg.pretrain.batch_size)  # fmt: skip
     seed_everything(tcfg.seed)
     model = build_model(cfg, train_set.classes, init_from=checkpoint_path)
     out_path = Path(out_path)
