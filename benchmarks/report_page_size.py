@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from lossguided.report.html import ReportOptions, measure_page_size
+from lossguided.report.html import ReportOptions
+from lossguided.report.pagesize import measure_page_size
 
 
 def main() -> None:

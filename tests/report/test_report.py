@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from lossguided.cli import main
-from lossguided.report.html import ReportOptions, build_report, class_samples, measure_page_size, write_report
+from lossguided.report.html import ReportOptions, build_report, class_samples, write_report
+from lossguided.report.pagesize import measure_page_size
 
 
 def embedded_data(page: str) -> dict:

@@ -5,7 +5,8 @@ Figures use matplotlib's Agg canvas directly (no pyplot state), so everything he
 """
 
 from lossguided.report.eda import run_eda
-from lossguided.report.html import build_report, measure_page_size, write_report
+from lossguided.report.html import build_report, write_report
+from lossguided.report.pagesize import measure_page_size
 from lossguided.report.suspects import rank_suspects, relabel_manifest, write_suspects
 
 __all__ = ["build_report", "measure_page_size", "rank_suspects", "relabel_manifest", "run_eda", "write_report",

@@ -2,7 +2,7 @@
 as base64 data URIs, no network): the stages table (Table-2 style), learning curves, the loss histogram with the
 drop threshold, and per class (worst first, searchable, 50 per page) the highest-loss samples beside the selected
 lowest-loss ones. Classes are rendered in the browser from an embedded JSON, and only the `max_classes` worst
-classes carry thumbnails, so the file stays small and quick with 50,000 classes (`measure_page_size`). The page is
+classes carry thumbnails, so the file stays small and quick with 50,000 classes (`pagesize.py` measures it). The page is
 the autoescaped Jinja2 template `templates/report.html.j2` (with report.css and report.js beside it); the suspected
 wrong labels of a class are only samples above the run's drop rule (`drop_rule`: per class for 'auto')."""
 
@@ -13,7 +13,6 @@ import datetime
 import functools
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import markupsafe
 import numpy as np
 
 from lossguided.data import fashion_mnist
-from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.manifest import Manifest
 from lossguided.io import write_text
 from lossguided.losstable import LossTable
 from lossguided.report import figures
@@ -441,75 +440,3 @@ def write_report(run_dir: str | Path, out: str | Path, options: ReportOptions = 
     page, summary = build_report(run_dir, options, round=round)
     write_text(out, page)
     return {"out": str(out), "bytes": Path(out).stat().st_size, **summary}
-
-
-# -- size at scale ----------------------------------------------------------------------------------------------
-class SyntheticImages(ImageResolver):
-    """Deterministic product-like images made from the id (a coloured object on a light, slightly noisy
-    background), so a page with 50,000 classes can be built without any file."""
-
-    def __init__(self, size: int = 64) -> None:
-        super().__init__()
-        self.size = size
-
-    def _pixels(self, source: str, sample_id: int) -> np.ndarray | None:
-        rng = np.random.default_rng(sample_id)
-        s = self.size
-        img = 235 + rng.normal(0, 6, (s, s, 3))
-        y0, x0 = rng.integers(2, s // 3, 2)
-        y1, x1 = rng.integers(2 * s // 3, s - 2, 2)
-        colour = rng.integers(30, 220, 3)
-        shade = np.linspace(0.7, 1.2, y1 - y0)[:, None, None]
-        img[y0:y1, x0:x1] = colour * shade + rng.normal(0, 10, (y1 - y0, x1 - x0, 3))
-        return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def synthetic_table(n_classes: int, samples_per_class: int, *, noise_rate: float = 0.2, seed: int = 0) -> LossTable:
-    """A loss table with `n_classes` classes (SKU-like names) of `samples_per_class` samples, wrong labels having
-    higher losses, paths like those of a real image folder."""
-    rng = np.random.default_rng(seed)
-    n = n_classes * samples_per_class
-    true = np.repeat(np.arange(n_classes), samples_per_class)
-    noisy = rng.random(n) < noise_rate
-    labels = np.where(noisy, rng.integers(0, n_classes, n), true)
-    losses = np.where(labels != true, rng.gamma(4.0, 1.5, n), rng.gamma(1.2, 0.4, n)).astype(np.float32)
-    preds = np.where(rng.random(n) < 0.7, true, rng.integers(0, n_classes, n))
-    names = ClassMap(tuple(f"sku-{i:06d}" for i in range(n_classes)))
-    paths = np.array([f"synthetic:train#{i}" for i in range(n)], dtype=object)
-    return LossTable(np.arange(n), labels, losses, np.ones(n, np.int64), preds, paths, names, true)
-
-
-def measure_page_size(n_classes: int = 50_000, *, samples_per_class: int = 20,
-                      options: ReportOptions = ReportOptions(), image_size: int = 64,
-                      out: str | Path | None = None) -> dict:  # fmt: skip
-    """Build the real page for a synthetic run with `n_classes` classes and measure it: total bytes, the share of
-    the thumbnails and of the class index, bytes per thumbnail, and the build time."""
-    from lossguided.refine.apply import select_from_table
-
-    t0 = time.perf_counter()
-    table = synthetic_table(n_classes, samples_per_class)
-    selected = select_from_table(table, bands=["1-5"], drop_loss_above=None, drop_quantile=0.03, per_class=None)
-    run = RunFolder(path=Path("synthetic"), round=1, config={"refine": {"drop_quantile": 0.03}}, table=table,
-                    selected_ids=selected,
-                    stages=[{"name": "pretrain", "train_samples": len(table)}])  # fmt: skip
-    page, summary = render_page(run, SyntheticImages(image_size), options, title=f"synthetic {n_classes} classes")
-    seconds = time.perf_counter() - t0
-    raw = page.encode("utf-8")
-    if out is not None:
-        Path(out).write_bytes(raw)
-    start = raw.index(b'"thumbs":[')
-    thumb_bytes = raw.index(b"]", start) - start
-    return {
-        "classes": n_classes,
-        "samples": len(table),
-        "thumbs_per_class": options.thumbs_per_class,
-        "max_classes": options.max_classes,
-        "thumbnail_classes": summary["thumbnail_classes"],
-        "thumbnails": summary["thumbnails"],
-        "bytes": len(raw),
-        "mib": round(len(raw) / 2**20, 2),
-        "thumbnail_bytes": thumb_bytes,
-        "bytes_per_thumbnail": round(thumb_bytes / max(summary["thumbnails"], 1), 1),
-        "other_bytes": len(raw) - thumb_bytes,
-        "build_seconds": round(seconds, 1),
-    }
