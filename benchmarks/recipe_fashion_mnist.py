@@ -428,36 +428,56 @@ def load_rows(results: Path, setting: str) -> dict[str, list[dict]]:
     return out
 
 
+def _gaps(rs: list[dict], base: dict, ceil: dict) -> list[float]:
+    """Share of the baseline -> matched-oracle test gap a row closes, per seed where both are known."""
+    return [
+        (base[r["seed"]] - r["test_mean_top1_error"]) / (base[r["seed"]] - ceil[r["seed"]])
+        for r in rs
+        if r["seed"] in base and r["seed"] in ceil and base[r["seed"]] - ceil[r["seed"]] > 1e-9
+    ]
+
+
+def _pct(gaps: list[float]) -> str:
+    return "-" if not gaps else _ms([100 * g for g in gaps], 0).replace(" (1 seed)", "") + "%"
+
+
 def to_markdown(results: Path, setting: str) -> str:
+    """One table per setting. Gap closed: against the baseline at the recipe's budget (the issue's definition)
+    and against the better noisy baseline by val error (6 or 11 epochs: longer training can memorise noise)."""
     rows = load_rows(results, setting)
     if not rows:
         return ""
-    base = {r["seed"]: r["test_mean_top1_error"] for r in rows.get("baseline", [])}
-    ceil = {r["seed"]: r["test_mean_top1_error"] for r in rows.get("matched_oracle", [])}
+    test = {k: {r["seed"]: r for r in rows.get(k, [])} for k in ("baseline", "pretrain", "matched_oracle")}
+    budget = {s: r["test_mean_top1_error"] for s, r in test["baseline"].items()}
+    best = {}
+    for s, r in test["baseline"].items():
+        pre = test["pretrain"].get(s)
+        better = pre if pre is not None and pre["val_mean_top1_error"] < r["val_mean_top1_error"] else r
+        best[s] = better["test_mean_top1_error"]
+    ceil = {s: r["test_mean_top1_error"] for s, r in test["matched_oracle"].items()}
     lines = [
         f"**{TITLES[setting]}**",
         "",
-        "| row | seeds | test mean top-1 err | val mean top-1 err | gap closed | train samples | purity "
-        "| smallest class kept | est. noise | images seen | wall min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | seeds | test mean top-1 err | val mean top-1 err | gap closed (budget baseline) "
+        "| gap closed (better baseline by val) | train samples | purity | smallest class kept | est. noise "
+        "| images seen | wall min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, title in ROW_ORDER:
         rs = sorted(rows.get(key, []), key=lambda r: r["seed"])
         if not rs:
             continue
-        gaps = [
-            (base[r["seed"]] - r["test_mean_top1_error"]) / (base[r["seed"]] - ceil[r["seed"]])
-            for r in rs
-            if r["seed"] in base and r["seed"] in ceil and base[r["seed"]] - ceil[r["seed"]] > 1e-9
-        ]
-        gap = "-" if not gaps or setting == "clean" else _ms([100 * g for g in gaps], 0).replace(" (1 seed)", "") + "%"
+        noisy = setting != "clean"
+        g1 = _pct(_gaps(rs, budget, ceil)) if noisy else "-"
+        g2 = _pct(_gaps(rs, best, ceil)) if noisy else "-"
         get = lambda k, rs=rs: [r.get(k) for r in rs]  # noqa: E731
         seen = np.mean([r["images_seen"] for r in rs if r.get("images_seen")] or [np.nan])
+        wall = "shared" if key in ("pretrain", "matched_oracle", "oracle_plain") else _minutes(get("wall_s"))
         lines.append(
-            f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('val_mean_top1_error'))} | {gap} "
-            f"| {_ms(get('train_samples'), 0)} | {_ms(get('purity'), 3)} | {_ms(get('min_class_selected'), 0)} "
-            f"| {_ms(get('estimated_noise_rate'), 3)} | {'-' if np.isnan(seen) else f'{seen:,.0f}'} "
-            f"| {_minutes(get('wall_s'))} |".replace(" (1 seed)", "")
+            f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('val_mean_top1_error'))} "
+            f"| {g1} | {g2} | {_ms(get('train_samples'), 0)} | {_ms(get('purity'), 3)} "
+            f"| {_ms(get('min_class_selected'), 0)} | {_ms(get('estimated_noise_rate'), 3)} "
+            f"| {'-' if np.isnan(seen) else f'{seen:,.0f}'} | {wall} |".replace(" (1 seed)", "")
         )
     return "\n".join(lines)
 
