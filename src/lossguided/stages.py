@@ -74,7 +74,14 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     try:
         model = create_model(cfg.model.name, num_classes=len(classes), pretrained=pretrained,
                              pretrained_path=cfg.model.pretrained_path if init_from is None else None)  # fmt: skip
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - a weights file can fail in many libraries' ways; name it in one line
+        path = cfg.model.pretrained_path if init_from is None else None
+        if path is not None:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            what = f"{type(e).__name__}: {first}"
+            raise ConfigError(f"{path}: not usable as {cfg.model.name!r} weights ({what})") from None
+        if not isinstance(e, OSError | RuntimeError):
+            raise
         if pretrained and cfg.model.pretrained_path is None:
             raise ConfigError(
                 f"could not load ImageNet weights for {cfg.model.name!r} through timm ({type(e).__name__}); "
