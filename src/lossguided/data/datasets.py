@@ -185,7 +185,8 @@ def check_all(
             m, skipped = check_images(m, skip_bad=skip_bad, workers=workers)
             bad += skipped
         checked.append(m)
-    return checked, bad
+    unique = {(b.source, b.row, b.path): b for b in bad}  # one CSV given as train and val lists its images once
+    return checked, list(unique.values())
 
 
 def write_bad_images(path: str | os.PathLike, bad: list[BadImage]) -> None:
