@@ -177,3 +177,27 @@ def test_a_run_skips_bad_images_in_every_split(tmp_path):
     (train, val, test), bad = check_all([read_csv(train_csv), read_csv(val_csv), None], skip_bad=True)
     assert (len(train), len(val), test) == (6, 6, None)
     assert [(Path(b.source).parent.name, b.row) for b in bad] == [("train", row), ("val", row)]
+
+
+@pytest.mark.parametrize(("case", "bad"), CASES, ids=[c for c, _ in CASES])
+def test_preprocess_stops_on_a_bad_image_or_leaves_it_out(tmp_path, capsys, case, bad):
+    name, _, why = bad
+    csv_path, row = write_manifest(tmp_path, bad)
+    rc = main(["preprocess", str(csv_path), "--out", str(tmp_path / "pre"), "--image-size", "16", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"row {row}" in err and name in err and "Traceback" not in err, err
+    rc = main(
+        [
+            "preprocess",
+            str(csv_path),
+            "--out",
+            str(tmp_path / "pre2"),
+            "--image-size",
+            "16",
+            "--workers",
+            "0",
+            "--skip-bad-images",
+        ]
+    )
+    assert rc == 0
+    assert name in (tmp_path / "pre2" / "bad_images.csv").read_text()

@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lossguided.data.decode import decode_bytes, decode_image, resize_uint8
+from lossguided.data.decode import decode_bytes, decode_image, resize_uint8, verify_image
 from lossguided.data.manifest import ClassMap, DataError, Manifest
 from lossguided.io import atomic_path, disk_errors, write_json, write_npz
 from lossguided.layout import csv_path
@@ -103,6 +103,8 @@ class _Encoder(Dataset):
 
     def __getitem__(self, row: int):
         try:
+            if self.array is None and (why := verify_image(self.paths[row])) is not None:
+                raise ValueError(why)  # a damaged JPEG that libjpeg would fill in silently
             x = self.array.images[row] if self.array is not None else decode_image(self.paths[row], self.size)
         except Exception as e:  # noqa: BLE001 - any decoder failure is this image's problem, reported with its id
             where = f"row {self.rows[row]}: " if self.rows is not None else ""
