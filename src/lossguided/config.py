@@ -66,6 +66,16 @@ class ModelConfig:
     name: str = "resnest101e"  # any timm model name
     pretrained: bool = True  # ImageNet weights through timm (needs the hub) ...
     pretrained_path: str | None = None  # ... or from a local file
+    mean: list[float] | None = None  # input mean on 0-255 per channel; None: the model's pretrained config (timm)
+    std: list[float] | None = None  # input std on 0-255 per channel; None: likewise
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("model.mean and model.std go together (both 3 numbers on 0-255, or both null)")
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if v is not None and (len(v) != 3 or not all(0 < x < 256 or (key == "mean" and x == 0) for x in v)):
+                raise ConfigError(f"model.{key} must be 3 numbers on the 0-255 scale (one per RGB channel), got {v}")
 
 
 @dataclass

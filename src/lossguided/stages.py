@@ -19,6 +19,7 @@ from lossguided.data.augment import with_randaugment
 from lossguided.data.datasets import BadImage, check_all, make_dataset, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest
 from lossguided.data.sources import load_manifest
+from lossguided.data.transforms import saved_normalization
 from lossguided.engine import checkpoint
 from lossguided.engine.evaluate import evaluate
 from lossguided.engine.recorder import LossRecorder
@@ -116,7 +117,8 @@ def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_f
     for k in OPTIONAL_SETTINGS:  # off: left out, so run folders from before the option existed still resume
         if settings.get(k) is None:
             settings.pop(k, None)
-    return {"model": dataclasses.asdict(cfg.model), "training settings": settings, "image size": cfg.data.image_size,
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if not (k in ("mean", "std") and v is None)}
+    return {"model": model, "training settings": settings, "image size": cfg.data.image_size,
             "training data": data.hexdigest(), "starting checkpoint": start, "updates": update}  # fmt: skip
 
 
@@ -229,4 +231,5 @@ def evaluate_checkpoint(checkpoint_path: str | Path, manifest: Manifest, *, imag
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model, _ = load_model(state, device=device)  # the one place a checkpoint becomes a model
     ds = make_dataset(manifest, image_size=image_size or cfg.data.image_size)
-    return evaluate(model, ds, class_names=classes.names, batch_size=batch_size, loader_kwargs=loader_kw)
+    return evaluate(model, ds, class_names=classes.names, batch_size=batch_size, loader_kwargs=loader_kw,
+                    normalization=saved_normalization(state))  # fmt: skip

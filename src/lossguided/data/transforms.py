@@ -13,6 +13,34 @@ PAPER_MEAN = (123.68, 116.779, 103.939)
 PAPER_STD = (58.393, 57.12, 57.375)
 
 
+def normalization(model: dict | object | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on 0-255 for a model config (dataclass or dict with name, mean, std): the pinned values when the
+    recipe sets them (the `paper` preset keeps the paper's), else the model's own pretrained config in timm (the
+    statistics its ImageNet weights expect), else the paper's. A checkpoint saves the values it was trained with."""
+    get = (lambda k: model.get(k)) if isinstance(model, dict) else (lambda k: getattr(model, k, None))  # noqa: E731
+    if model is not None and get("mean") is not None and get("std") is not None:
+        return tuple(float(v) for v in get("mean")), tuple(float(v) for v in get("std"))
+    name = get("name") if model is not None else None
+    if name:
+        try:
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(name)
+        except Exception:  # noqa: BLE001 - an unknown name is reported where the model is built
+            cfg = None
+        if cfg is not None and cfg.mean and cfg.std and len(cfg.mean) == 3:
+            return tuple(255.0 * m for m in cfg.mean), tuple(255.0 * v for v in cfg.std)
+    return PAPER_MEAN, PAPER_STD
+
+
+def saved_normalization(state: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a checkpoint was trained with (older checkpoints: from their config, as `normalization`)."""
+    saved = state.get("normalization")
+    if isinstance(saved, dict) and saved.get("mean") and saved.get("std"):
+        return tuple(saved["mean"]), tuple(saved["std"])
+    return normalization((state.get("config") or {}).get("model") or {"name": state.get("model_name")})
+
+
 class BatchTransform(nn.Module):
     """uint8 [B,C,H,W] (C = 1 or 3) -> normalized float [B,3,H,W], flipped per sample when `flip` and training."""
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from lossguided.data.loader import create_loader
-from lossguided.data.transforms import BatchTransform
+from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, BatchTransform
 from lossguided.engine.distributed import all_gather_tensors, get_info
 from lossguided.metrics import classification_metrics
 
@@ -37,10 +37,12 @@ def predict_topk(
     amp: bool = True,
     loader_kwargs: dict | None = None,
     progress: bool = False,
+    normalization: tuple | None = None,
 ) -> Predictions:
     """The `k` most likely classes of every sample with their softmax probabilities, whatever the world size."""
     device = device or next(model.parameters()).device
-    transform = BatchTransform().to(device).eval()
+    mean, std = normalization if normalization is not None else (PAPER_MEAN, PAPER_STD)
+    transform = BatchTransform(mean=mean, std=std).to(device).eval()
     loader = create_loader(dataset, batch_size=batch_size, shuffle=False, **(loader_kwargs or {}))
     was_training = model.training
     model.eval()

@@ -31,7 +31,7 @@ from lossguided.config import ConfigError, TrainConfig
 from lossguided.data.datasets import one_line_worker_error
 from lossguided.data.loader import create_loader
 from lossguided.data.manifest import ClassMap, DataError
-from lossguided.data.transforms import BatchTransform
+from lossguided.data.transforms import BatchTransform, normalization
 from lossguided.disk import DiskFullError
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import (
@@ -99,7 +99,9 @@ class Trainer:
         self.scheduler = create_scheduler(self.optimizer, total_steps=cfg.epochs * self.steps_per_epoch,
                                           lr_min_ratio=cfg.lr_min_ratio, warmup_steps=cfg.warmup_steps)  # fmt: skip
         self.criterion = create_criterion(num_classes=len(classes), smoothing=cfg.smoothing)
-        self.transform = BatchTransform(flip=cfg.flip).to(self.device)
+        self.normalization = normalization(self.run_config.get("model"))
+        mean, std = self.normalization
+        self.transform = BatchTransform(mean=mean, std=std, flip=cfg.flip).to(self.device)
         self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.on_cuda else None) \
             if self.info.enabled and update else self.model  # fmt: skip
         self.epoch = self.step = 0
@@ -230,7 +232,8 @@ class Trainer:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_set is not None:
                 val = evaluate(self.model, self.val_set, class_names=self.classes.names, amp=self.cfg.amp,
-                               device=self.device, loader_kwargs=self.loader_kwargs)  # fmt: skip
+                               device=self.device, loader_kwargs=self.loader_kwargs,
+                               normalization=self.normalization)  # fmt: skip
                 record |= {"val_mean_top1_error": val["mean_top1_error"], "val_top1_error": val["top1_error"]}
             self.epoch += 1
             improved = self._track_best(record.get("val_mean_top1_error"))
@@ -258,6 +261,7 @@ class Trainer:
             "config": self.run_config,
             "run_key": self.run_key,
             "model_name": self.run_config.get("model", {}).get("name"),
+            "normalization": {"mean": list(self.normalization[0]), "std": list(self.normalization[1])},
             "epoch": self.epoch,
             "step": self.step,
             "best_val_error": self.best,

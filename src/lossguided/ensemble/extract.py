@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import DataError, Manifest
-from lossguided.data.transforms import TTA_VIEWS, BatchTransform
+from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, TTA_VIEWS, BatchTransform, saved_normalization
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import all_gather_objects, barrier, default_device, get_info
 from lossguided.ensemble.store import FeatureSet, FeatureWriter, open_features
@@ -47,9 +47,11 @@ class _Features:
         batch_size: int,
         device: torch.device,
         workers: int,
+        normalization: tuple = (PAPER_MEAN, PAPER_STD),
     ) -> None:
         self.model, self.device, self.views = model, device, TTA_VIEWS[tta]
-        self.transform = BatchTransform().to(device).eval()
+        mean, std = normalization
+        self.transform = BatchTransform(mean=mean, std=std).to(device).eval()
         in_memory = hasattr(dataset, "__getitems__")
         workers = 0 if in_memory or len(order) < 4 * batch_size else min(workers, os.cpu_count() or 1)
         loader = DataLoader(
@@ -147,7 +149,16 @@ def extract_features(
     chunks = [np.arange(c, min(c + chunk_rows, len(manifest))) for c in range(start, len(manifest), chunk_rows)]
     mine = [np.array_split(rows, info.world_size)[info.rank] for rows in chunks]
     order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-    features = _Features(model, dataset, order, tta=tta, batch_size=batch_size, device=device, workers=workers)
+    features = _Features(
+        model,
+        dataset,
+        order,
+        tta=tta,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        normalization=saved_normalization(state),
+    )
     for rows, my_rows in zip(chunks, mine, strict=True):
         chunk_start = int(rows[0])
         parts = all_gather_objects(features.take(len(my_rows)))
