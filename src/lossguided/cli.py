@@ -66,7 +66,8 @@ def _add_data(
         "--train",
         required=train_required,
         help="training manifest: CSV (path,label[,id]), ImageFolder root, a `lossguided preprocess` "
-        f"folder, or 'fashion-mnist' (long-tailed, noisy, built in) {d('data.train')}",
+        "folder, WebDataset .tar shards (a folder, one .tar or a brace pattern 'shards/train-{000000..000009}.tar'), "
+        f"or 'fashion-mnist' (long-tailed, noisy, built in) {d('data.train')}",
     )
     g.add_argument("--val", help="validation manifest (default with fashion-mnist: its clean val split)")
     g.add_argument("--test", help="test manifest (default with fashion-mnist: its test split)")
@@ -292,9 +293,17 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from lossguided.data.sources import load_manifest
 
     manifest = load_manifest(args.manifest, split="train")
-    summary = preprocess(manifest, args.out, image_size=args.image_size, storage=args.format, quality=args.quality,
-                         shard_size=args.shard_size, workers=args.workers if args.workers is not None else
-                         (os.cpu_count() or 1), skip_bad_images=args.skip_bad_images)  # fmt: skip
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if args.format == "webdataset":
+        from lossguided.data.webdataset import write_webdataset
+
+        summary = write_webdataset(manifest, args.out, image_size=args.image_size, quality=args.quality,
+                                   shard_size=args.shard_size, workers=workers,
+                                   skip_bad_images=args.skip_bad_images)  # fmt: skip
+    else:
+        summary = preprocess(manifest, args.out, image_size=args.image_size, storage=args.format,
+                             quality=args.quality, shard_size=args.shard_size, workers=workers,
+                             skip_bad_images=args.skip_bad_images)  # fmt: skip
     print(json.dumps(summary))
     return 0
 
@@ -594,15 +603,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write MANIFEST's images, decoded and resized to --image-size, into OUT with their "
                        "ids, labels and class map; `--train/--val/--test OUT` then read it instead of decoding. "
                        "jpeg-shards (default): S x S JPEGs in large shard files, ~20 KB an image at 256, for large "
-                       "sets; memmap: raw uint8 pixels, exact and fastest, S*S*3 bytes an image, for small sets. "
-                       "Resumable: rerun the same command after an interruption.")  # fmt: skip
+                       "sets; memmap: raw uint8 pixels, exact and fastest, S*S*3 bytes an image, for small sets; "
+                       "webdataset: WebDataset .tar shards (<id>.jpg/.cls/.json, classes.json, an offsets index "
+                       "each) that other tools read too. Resumable (jpeg-shards, memmap): rerun the same command "
+                       "after an interruption.")  # fmt: skip
     p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
                    "'fashion-mnist[:split]'")  # fmt: skip
     p.add_argument(
         "--out", "--output", required=True, help="output folder (new or empty, or an unfinished one to resume)"
     )
     p.add_argument("--image-size", type=int, default=256, help="square size (paper: 256)")
-    p.add_argument("--format", choices=["jpeg-shards", "memmap"], default="jpeg-shards")
+    p.add_argument("--format", choices=["jpeg-shards", "memmap", "webdataset"], default="jpeg-shards")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of jpeg-shards (default 90)")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per shard / resumable unit")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")

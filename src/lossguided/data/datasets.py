@@ -109,14 +109,10 @@ class ArrayDataset(Dataset):
 
 
 def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
-    if getattr(manifest, "store", None) is not None:  # a `lossguided preprocess` folder
-        from lossguided.data.preprocessed import make_preprocessed_dataset
+    """The dataset of `manifest` at `image_size`, from the image source that holds its pixels (`data.sources`)."""
+    from lossguided.data.sources import make_dataset as _make
 
-        return make_preprocessed_dataset(manifest, image_size=image_size)
-    if manifest.images is not None:
-        return ArrayDataset(manifest, image_size=image_size)
-    check_images(manifest)  # every command decodes its files once first (remembered: later calls cost a stat each)
-    return ImageFileDataset(manifest, image_size=image_size)
+    return _make(manifest, image_size=image_size)
 
 
 class BadImage(NamedTuple):

@@ -1,4 +1,7 @@
-"""Turn what a user names on the command line (a CSV, an ImageFolder tree, or `fashion-mnist`) into a manifest.
+"""Image sources: what a user names on the command line (a CSV, an ImageFolder tree, a `lossguided preprocess`
+folder, WebDataset shards, or `fashion-mnist`), registered by name. Each source gives a manifest for a split, a
+dataset at an image size, and one image by id (thumbnails); `load_manifest`, `make_dataset` and `image_of` pick the
+source, so nothing outside `data/` asks which one it is. A new kind of input is one more `register_source`.
 
 Under torchrun a CSV is parsed once per machine: the first rank of each machine reads it (and fills the content-hash
 cache, see `data.csvread`), the others wait at a barrier and then map that cache instead of parsing again.
@@ -6,11 +9,74 @@ cache, see `data.csvread`), the others wait at a barrier and then map that cache
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from lossguided.data import fashion_mnist
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lossguided.data import fashion_mnist, webdataset
+from lossguided.data.decode import to_rgb
 from lossguided.data.manifest import ClassMap, DataError, Manifest, read_csv, read_image_folder
 from lossguided.data.preprocessed import is_preprocessed, read_preprocessed
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One kind of input. `matches(spec)` says whether a command-line name is this source's; `owns(manifest)`
+    whether a manifest (or a subset of it) came from it. `manifest(spec, split=, classes=, options=)` reads it
+    (`options`: the built-in data's, ignored by the others), `dataset(manifest, image_size=)` yields
+    `(uint8 [C,S,S], label, id)`, `image(manifest, id)` is one image at its stored size, uint8 [H,W] or [H,W,3]."""
+
+    name: str
+    description: str
+    matches: Callable[[str], bool]
+    owns: Callable[[Manifest], bool]
+    manifest: Callable[..., Manifest]
+    dataset: Callable[..., Dataset]
+    image: Callable[[Manifest, int], np.ndarray]
+
+
+_SOURCES: dict[str, ImageSource] = {}
+
+
+def register_source(source: ImageSource) -> ImageSource:
+    """Add a source; sources are tried in the order registered, so register the most specific first."""
+    if source.name in _SOURCES:
+        raise ValueError(f"image source {source.name!r} is already registered")
+    _SOURCES[source.name] = source
+    return source
+
+
+def list_sources(pattern: str = "*") -> list[str]:
+    """Registered source names matching a wildcard pattern, in the order they are tried."""
+    return [n for n in _SOURCES if fnmatch.fnmatch(n, pattern)]
+
+
+def get_source(name: str) -> ImageSource:
+    if name not in _SOURCES:
+        raise ValueError(f"unknown image source {name!r}; one of {list_sources()}")
+    return _SOURCES[name]
+
+
+def source_for(spec: str) -> ImageSource:
+    """The source a command-line name belongs to; an unknown one is an error naming the choices."""
+    for source in _SOURCES.values():
+        if source.matches(spec):
+            return source
+    raise DataError(f"{spec}: not found (expected a CSV manifest, an ImageFolder directory, a preprocessed folder, "
+                    "WebDataset .tar shards or 'fashion-mnist')")  # fmt: skip
+
+
+def source_of(manifest: Manifest) -> ImageSource:
+    """The source that holds a manifest's pixels."""
+    for source in _SOURCES.values():
+        if source.owns(manifest):
+            return source
+    raise DataError(f"{manifest.source}: no image source holds this manifest's images")
 
 
 def load_manifest(
@@ -20,28 +86,119 @@ def load_manifest(
     classes: ClassMap | None = None,
     fashion_mnist_options: fashion_mnist.FashionMnistOptions | None = None,
 ) -> Manifest:
-    """`spec` is a CSV path, an ImageFolder root, a preprocessed folder (`lossguided preprocess`), or `fashion-mnist`
-    (its `split` is taken: train, val or test).
+    """`spec` is a CSV path, an ImageFolder root, a preprocessed folder (`lossguided preprocess`), WebDataset shards
+    (a folder of .tar, one .tar or a brace pattern) or `fashion-mnist` (its `split` is taken: train, val or test).
 
     With `classes` (a checkpoint's or the training set's class map), labels are encoded through it.
     """
-    if spec == fashion_mnist.NAME or spec.startswith(fashion_mnist.NAME + ":"):
-        part = spec.split(":", 1)[1] if ":" in spec else split
-        manifest = fashion_mnist.load(part, fashion_mnist_options or fashion_mnist.FashionMnistOptions())
-        return manifest if classes is None else manifest.with_classes(classes)
+    return source_for(spec).manifest(spec, split=split, classes=classes, options=fashion_mnist_options)
+
+
+def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
+    """The dataset of a manifest (or subset) at `image_size`, from whichever source holds its pixels."""
+    return source_of(manifest).dataset(manifest, image_size=image_size)
+
+
+def image_of(manifest: Manifest, sample_id: int) -> np.ndarray:
+    """One sample's image by id at its stored size (uint8 [H,W] or [H,W,3]), e.g. for a thumbnail."""
+    return source_of(manifest).image(manifest, int(sample_id))
+
+
+def _position(manifest: Manifest, sample_id: int) -> int:
+    return int(manifest.positions_of(np.array([sample_id], dtype=np.int64))[0])
+
+
+# -- the sources ------------------------------------------------------------------------------------------------
+def _is_fashion_mnist(spec: str) -> bool:
+    return spec == fashion_mnist.NAME or spec.startswith(fashion_mnist.NAME + ":")
+
+
+def _fashion_mnist_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
+    part = spec.split(":", 1)[1] if ":" in spec else split
+    manifest = fashion_mnist.load(part, options or fashion_mnist.FashionMnistOptions())
+    return manifest if classes is None else manifest.with_classes(classes)
+
+
+def _array_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
+    from lossguided.data.datasets import ArrayDataset
+
+    return ArrayDataset(manifest, image_size=image_size)
+
+
+def _array_image(manifest: Manifest, sample_id: int) -> np.ndarray:
+    return np.asarray(manifest.images[_position(manifest, sample_id)])
+
+
+def _is_preprocessed_spec(spec: str) -> bool:
+    return Path(spec).is_dir() and is_preprocessed(spec)
+
+
+def _owns_preprocessed(manifest: Manifest) -> bool:
+    return manifest.store is not None and not webdataset.is_shard_spec(manifest.store)
+
+
+def _preprocessed_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
+    return read_preprocessed(spec, classes=classes)
+
+
+def _preprocessed_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
+    from lossguided.data.preprocessed import make_preprocessed_dataset
+
+    return make_preprocessed_dataset(manifest, image_size=image_size)
+
+
+def _preprocessed_image(manifest: Manifest, sample_id: int) -> np.ndarray:
+    from lossguided.data.preprocessed import open_store
+
+    store = open_store(manifest.store)
+    pos = int(store.positions_of(np.array([sample_id]), source=manifest.source)[0])
+    x = store.read(pos).permute(1, 2, 0).numpy()
+    return x[..., 0] if x.shape[2] == 1 else x
+
+
+def _owns_webdataset(manifest: Manifest) -> bool:
+    return manifest.store is not None and webdataset.is_shard_spec(manifest.store)
+
+
+def _webdataset_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
+    return webdataset.read_webdataset(spec, classes=classes)
+
+
+def _webdataset_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
+    return webdataset.WebDatasetDataset(manifest, image_size=image_size)
+
+
+def _owns_files(manifest: Manifest) -> bool:
+    return manifest.store is None and manifest.paths is not None
+
+
+def _file_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
+    from lossguided.data.datasets import ImageFileDataset, check_images
+
+    check_images(manifest)  # every command decodes its files once first (remembered: later calls cost a stat each)
+    return ImageFileDataset(manifest, image_size=image_size)
+
+
+def _file_image(manifest: Manifest, sample_id: int) -> np.ndarray:
+    with Image.open(manifest.paths[_position(manifest, sample_id)]) as img:
+        return np.array(to_rgb(img))
+
+
+def _image_folder_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
+    return read_image_folder(spec, classes=classes)
+
+
+def _is_csv(spec: str) -> bool:
     path = Path(spec)
-    if path.is_dir() and is_preprocessed(path):  # written by `lossguided preprocess`
-        return read_preprocessed(path, classes=classes)
-    if path.is_dir():
-        return read_image_folder(path, classes=classes)
-    if path.suffix.lower() == ".csv" or path.is_file():
-        manifest = _read_csv_once_per_machine(path, classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
-        if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():  # e.g. `select`'s output
-            options = fashion_mnist_options or fashion_mnist.FashionMnistOptions()
-            manifest = fashion_mnist.resolve_paths(manifest, options)
-            return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
-        return manifest
-    raise DataError(f"{spec}: not found (expected a CSV manifest, an ImageFolder directory or 'fashion-mnist')")
+    return path.suffix.lower() == ".csv" or path.is_file()
+
+
+def _csv_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
+    manifest = _read_csv_once_per_machine(Path(spec), classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
+    if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():  # e.g. `select`'s output
+        manifest = fashion_mnist.resolve_paths(manifest, options or fashion_mnist.FashionMnistOptions())
+        return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
+    return manifest
 
 
 def _read_csv_once_per_machine(path: Path, **kwargs) -> Manifest:
@@ -62,3 +219,55 @@ def _read_csv_once_per_machine(path: Path, **kwargs) -> Manifest:
     if error is not None:
         raise error
     return manifest if manifest is not None else read_csv(path, **kwargs)
+
+
+def _owns_arrays(manifest: Manifest) -> bool:
+    return manifest.images is not None
+
+
+register_source(
+    ImageSource(
+        "fashion-mnist",
+        "the built-in benchmark, in memory (`fashion-mnist[:split]`)",
+        _is_fashion_mnist,
+        _owns_arrays,
+        _fashion_mnist_manifest,
+        _array_dataset,
+        _array_image,
+    )
+)
+register_source(
+    ImageSource(
+        "webdataset",
+        "WebDataset .tar shards: a folder, one shard or a brace pattern",
+        webdataset.is_shard_spec,
+        _owns_webdataset,
+        _webdataset_manifest,
+        _webdataset_dataset,
+        webdataset.image_of,
+    )
+)
+register_source(
+    ImageSource(
+        "preprocessed",
+        "a `lossguided preprocess` folder (jpeg-shards or memmap)",
+        _is_preprocessed_spec,
+        _owns_preprocessed,
+        _preprocessed_manifest,
+        _preprocessed_dataset,
+        _preprocessed_image,
+    )
+)
+register_source(
+    ImageSource(
+        "image-folder",
+        "an ImageFolder tree root/<class>/<image>",
+        lambda s: Path(s).is_dir(),
+        _owns_files,
+        _image_folder_manifest,
+        _file_dataset,
+        _file_image,
+    )
+)
+register_source(ImageSource("csv", "a CSV manifest path,label[,id] (paths relative to it)", _is_csv, _owns_files,
+                            _csv_manifest, _file_dataset, _file_image))  # fmt: skip

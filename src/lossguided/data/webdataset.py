@@ -1,0 +1,467 @@
+"""WebDataset-style tar shards as an image source: `--train/--val/--test` accept a folder of `.tar` shards, one
+shard, or a brace pattern (`shards/train-{000000..000009}.tar`) that a user already has, and
+`lossguided preprocess --format webdataset` writes them from any manifest. No `webdataset` package is needed.
+
+A shard is a plain POSIX tar whose members are grouped into samples by key (the member name up to the first dot of
+its file name): `<key>.jpg|jpeg|png|webp` is the image, and the label is `<key>.cls` (a class index when a
+`classes.json` list of class names lies beside the shards, else the label's name as text) or, without one,
+`<key>.json` (a dict with `label`). Fine-tuning on a selected subset and shuffling need random access, not a
+sequential pass: each shard's offsets index (sample key -> byte offset and size of its image, and the label) is built
+once with `tarfile` and cached beside the shard as `.<shard>.idx.npz` (under the cache folder when the shard's folder
+is read-only), keyed by the shard's size and modification time; a sample is then one `pread`.
+
+Ids: the keys, when every key is an integer (what the writer writes: the manifest's ids); otherwise the sample's
+position over the shards in the given order. A sample's path (for people, loss tables, suspects) is `<shard>#<key>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lossguided.data.datasets import UnreadableImageError
+from lossguided.data.decode import decode_bytes, resize_uint8, to_rgb
+from lossguided.data.manifest import ClassMap, DataError, Manifest
+from lossguided.data.strings import StringColumn
+from lossguided.io import atomic_path, disk_errors, write_json, write_npz
+from lossguided.layout import csv_path
+
+log = logging.getLogger("lossguided")
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+CLASSES_FILE = "classes.json"
+INDEX_VERSION = 1
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # WebDataset's split: key = up to the file name's first dot
+
+
+# -- naming shards ----------------------------------------------------------------------------------------------
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{000..002}.tar` -> a-000.tar, a-001.tar, a-002.tar (zero padding kept); `{x,y}` lists; several braces."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if r:
+        lo, hi, width = int(r.group(1)), int(r.group(2)), len(r.group(1))
+        if hi < lo:
+            raise DataError(f"{pattern}: empty range {{{body}}}")
+        items = [f"{i:0{width}d}" for i in range(lo, hi + 1)]
+    else:
+        items = body.split(",")
+    return [x for item in items for x in expand_braces(head + item + tail)]
+
+
+def is_shard_spec(spec: str | os.PathLike | None) -> bool:
+    """A `.tar` file, a brace pattern of them, or a folder holding `.tar` files and no sub-folders (an ImageFolder
+    root has class folders, a `lossguided preprocess` folder a manifest.json)."""
+    if spec is None:
+        return False
+    text = str(spec)
+    if text.endswith(".tar"):
+        return True
+    path = Path(text)
+    if not path.is_dir() or (path / "manifest.json").is_file():
+        return False
+    with os.scandir(path) as it:
+        entries = [(e.name, e.is_dir()) for e in it if not e.name.startswith(".")]
+    return any(n.endswith(".tar") for n, _ in entries) and not any(d for _, d in entries)
+
+
+def shard_paths(spec: str | os.PathLike) -> list[Path]:
+    """The shards that `spec` names, in order; a missing one is an error naming it."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        shards = sorted(path / e.name for e in os.scandir(path) if e.name.endswith(".tar") and e.is_file())
+        if not shards:
+            raise DataError(f"{text}: no .tar shards in this folder")
+        return shards
+    shards = [Path(p) for p in expand_braces(text)]
+    for p in shards:
+        if not p.is_file():
+            raise DataError(f"{p}: shard not found (from {text})")
+    return shards
+
+
+# -- the offsets index ------------------------------------------------------------------------------------------
+def _cache_root() -> Path:
+    root = os.environ.get("LOSSGUIDED_CACHE")
+    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
+
+
+def _index_paths(shard: Path) -> list[Path]:
+    digest = hashlib.sha1(str(shard.resolve()).encode()).hexdigest()[:20]
+    return [shard.parent / f".{shard.name}.idx.npz", _cache_root() / "wds-index" / f"{digest}.npz"]
+
+
+def _stamp(shard: Path) -> np.ndarray:
+    st = shard.stat()
+    return np.array([INDEX_VERSION, st.st_size, st.st_mtime_ns], dtype=np.int64)
+
+
+def _join(items: list[str]) -> np.ndarray:
+    return np.frombuffer("\0".join(items).encode("utf-8", "surrogateescape"), dtype=np.uint8)
+
+
+def _split(buf: np.ndarray, n: int) -> list[str]:
+    return buf.tobytes().decode("utf-8", "surrogateescape").split("\0") if n else []
+
+
+def build_index(shard: Path) -> dict[str, np.ndarray]:
+    """Read `shard` once with `tarfile`: per sample, its key, the image's byte offset and size, and the label as
+    text (from `.cls`, else `.json`'s `label`; its `true_label` when present). A sample without an image or a label
+    is an error naming the shard and key."""
+    samples: dict[str, dict] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for m in tar:
+                match = _MEMBER.match(m.name) if m.isfile() else None
+                if match is None:
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                s = samples.setdefault(key, {})
+                if ext in IMAGE_EXTS:
+                    s["image"] = (m.offset_data, m.size)
+                elif ext in ("cls", "json"):
+                    s[ext] = tar.extractfile(m).read().decode("utf-8", "replace")
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"{shard}: not a readable tar shard ({e})") from None
+    keys, offsets, sizes, labels, true = [], [], [], [], []
+    for key, s in samples.items():
+        if "image" not in s:
+            raise DataError(f"{shard}: {key}: no image member (.{', .'.join(IMAGE_EXTS)})")
+        meta = {}
+        if "json" in s:
+            try:
+                meta = json.loads(s["json"])
+            except ValueError as e:
+                raise DataError(f"{shard}: {key}.json: not JSON ({e})") from None
+            meta = meta if isinstance(meta, dict) else {}
+        label = s["cls"].strip() if "cls" in s else meta.get("label")
+        if label is None or str(label) == "":
+            raise DataError(f"{shard}: {key}: no label (a .cls member, or .json with 'label')")
+        keys.append(key)
+        offsets.append(s["image"][0])
+        sizes.append(s["image"][1])
+        labels.append(str(label))
+        true.append(str(meta.get("true_label", "")))
+    if not keys:
+        raise DataError(f"{shard}: no samples (members <key>.jpg|png|webp with <key>.cls or <key>.json)")
+    return {"keys": _join(keys), "offset": np.array(offsets, np.int64), "size": np.array(sizes, np.int64),
+            "labels": _join(labels), "true": _join(true), "stamp": _stamp(shard)}  # fmt: skip
+
+
+def shard_index(shard: Path) -> dict[str, np.ndarray]:
+    """The offsets index of `shard`: read from its cache when the shard's size and mtime match, else built and
+    cached (beside the shard, or under the cache folder when that cannot be written)."""
+    stamp = _stamp(shard)
+    places = _index_paths(shard)
+    for place in places:
+        try:
+            with np.load(place, allow_pickle=False) as z:
+                if np.array_equal(z["stamp"], stamp):
+                    return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            continue
+    index = build_index(shard)
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            write_npz(place, **index)
+            break
+        except (OSError, DataError) as e:
+            log.debug("could not cache the index of %s in %s (%s)", shard, place, e)
+    return index
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+class ShardStore:
+    """Every sample of a shard spec: shard number, image offset and size, key, label text. Files are opened lazily
+    per process (also after a fork)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.shards = shard_paths(spec)
+        parts = [shard_index(s) for s in self.shards]
+        counts = [len(p["offset"]) for p in parts]
+        self.shard = np.repeat(np.arange(len(parts), dtype=np.int32), counts)
+        self.offset = np.concatenate([p["offset"] for p in parts])
+        self.size = np.concatenate([p["size"] for p in parts])
+        self.keys = [k for p, n in zip(parts, counts, strict=True) for k in _split(p["keys"], n)]
+        self.labels = [x for p, n in zip(parts, counts, strict=True) for x in _split(p["labels"], n)]
+        self.true = [x for p, n in zip(parts, counts, strict=True) for x in _split(p["true"], n)]
+        self.ids = _ids_of(self.keys)
+        self._order = np.argsort(self.ids, kind="stable")
+        self._fds: dict[int, int] = {}
+
+    def name(self, pos: int) -> str:
+        return f"{self.shards[int(self.shard[pos])]}#{self.keys[pos]}"
+
+    def positions_of(self, ids: np.ndarray, *, source: str) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = self._order[np.searchsorted(self.ids, ids, sorter=self._order).clip(0, max(0, len(self.ids) - 1))]
+        bad = self.ids[pos] != ids
+        if bad.any():
+            raise DataError(f"{source}: {int(bad.sum())} ids are not in the shards {self.spec}, "
+                            f"e.g. {ids[bad][:5].tolist()}")  # fmt: skip
+        return pos
+
+    def read(self, pos: int) -> bytes:
+        k = int(self.shard[pos])
+        fd = self._fds.get(k)
+        if fd is None:
+            fd = self._fds[k] = os.open(self.shards[k], os.O_RDONLY)
+        data = os.pread(fd, int(self.size[pos]), int(self.offset[pos]))
+        if len(data) != int(self.size[pos]):
+            raise DataError(f"{self.name(pos)}: shard shorter than its index; the shard changed or is damaged")
+        return data
+
+    def __getstate__(self) -> dict:  # worker processes open their own files
+        return self.__dict__ | {"_fds": {}}
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _ids_of(keys: list[str]) -> np.ndarray:
+    try:
+        return np.array([int(k.rsplit("/", 1)[-1]) for k in keys], dtype=np.int64)
+    except ValueError:
+        return np.arange(len(keys), dtype=np.int64)
+
+
+_STORES: dict[str, tuple[tuple, ShardStore]] = {}
+
+
+def open_store(spec: str) -> ShardStore:
+    """The store of `spec`, cached per process while its shards are unchanged (a manifest and its subsets share
+    one index)."""
+    stamps = tuple((str(p), tuple(_stamp(p))) for p in shard_paths(spec))
+    cached = _STORES.get(spec)
+    if cached is None or cached[0] != stamps:
+        cached = _STORES[spec] = (stamps, ShardStore(spec))
+    return cached[1]
+
+
+def _class_names(shards: list[Path]) -> tuple[str, ...] | None:
+    path = shards[0].parent / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: expected a JSON list of class names")
+    return tuple(str(x) for x in names)
+
+
+def _label_names(store: ShardStore, names: tuple[str, ...] | None, labels: list[str]) -> list[str]:
+    """Labels as class names: a `.cls` index through `classes.json` when there is one."""
+    if names is None:
+        return labels
+    out = []
+    for pos, text in enumerate(labels):
+        if text in names and not text.isdigit():
+            out.append(text)
+            continue
+        if not text.lstrip("-").isdigit() or not 0 <= int(text) < len(names):
+            raise DataError(f"{store.name(pos)}: label {text!r} is not a class index 0..{len(names) - 1} of "
+                            f"{store.shards[0].parent / CLASSES_FILE}")  # fmt: skip
+        out.append(names[int(text)])
+    return out
+
+
+def read_webdataset(spec: str, *, classes: ClassMap | None = None) -> Manifest:
+    """The manifest of WebDataset shards (see the module doc); labels re-encoded through `classes` when given. Its
+    `store` is the spec, which points the datasets at the shards."""
+    spec = str(spec)
+    store = open_store(spec)
+    names = _class_names(store.shards)
+    labels = _label_names(store, names, store.labels)
+    own = ClassMap(names) if names is not None else ClassMap.from_names(labels)
+    uniq, codes = np.unique(np.array(labels, dtype=str), return_inverse=True)
+    encoded = own.encode_codes(uniq.tolist(), codes.ravel(), source=spec)
+    true = None
+    if all(store.true):
+        true_names = _label_names(store, names, store.true)
+        if set(true_names) <= set(own.names):
+            true = own.index_of(true_names)
+    manifest = Manifest(ids=store.ids, labels=encoded, classes=own, source=spec, true_labels=true, store=spec,
+                        paths=StringColumn.from_strings([store.name(i) for i in range(len(store.ids))]))  # fmt: skip
+    return manifest if classes is None else manifest.with_classes(classes)
+
+
+class WebDatasetDataset(Dataset):
+    """`(uint8 [C,S,S], label, id)` for the samples (and labels) of `manifest`, read from its shards by offset."""
+
+    def __init__(self, manifest: Manifest, *, image_size: int) -> None:
+        self.store = open_store(manifest.store)
+        self.pos = self.store.positions_of(manifest.ids, source=manifest.source)
+        self.ids, self.labels, self.image_size = manifest.ids, manifest.labels, image_size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        pos = int(self.pos[i])
+        try:
+            x = decode_bytes(self.store.read(pos))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise UnreadableImageError(f"{self.store.name(pos)}: id {int(self.ids[i])}: cannot decode image "
+                                       f"({type(e).__name__}: {e})") from None  # fmt: skip
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = resize_uint8(x, self.image_size)
+        return x, int(self.labels[i]), int(self.ids[i])
+
+
+def image_of(manifest: Manifest, sample_id: int) -> np.ndarray:
+    """One sample's image at its stored size, uint8 [H,W,3] (for thumbnails)."""
+    store = open_store(manifest.store)
+    pos = int(store.positions_of(np.array([sample_id]), source=manifest.source)[0])
+    with Image.open(io.BytesIO(store.read(pos))) as img:
+        return np.array(to_rgb(img))
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+DONE = "webdataset.json"  # written last: the folder is complete
+
+
+def write_webdataset(
+    manifest: Manifest,
+    out_dir: str | os.PathLike,
+    *,
+    image_size: int = 256,
+    quality: int = 90,
+    subsampling: str = "4:2:0",
+    shard_size: int = 10_000,
+    workers: int = 0,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write `manifest`'s images, decoded, resized to image_size and re-encoded as JPEG, into WebDataset shards
+    `out_dir/shard-000000.tar`, ... (`<id>.jpg`, `<id>.cls` class index, `<id>.json` label name, id, original path
+    [, true_label]) with `classes.json` and each shard's offsets index beside them. Each shard is written to a
+    temporary name and renamed; `webdataset.json` is written last. The same command on a complete folder returns at
+    once; other settings in a non-empty folder are an error. An image that cannot be decoded stops the run naming
+    it, or with `skip_bad_images` is left out and listed in `bad_images.csv`."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from lossguided.data.preprocessed import _Encoder, _fingerprint, _identity, _paths_of
+
+    if image_size < 1 or shard_size < 1 or not 1 <= quality <= 100:
+        raise ValueError("image_size and shard_size must be positive and quality in 1..100")
+    out = Path(out_dir)
+    paths = _paths_of(manifest)
+    settings = {"format": "webdataset", "image_size": image_size, "quality": quality, "subsampling": subsampling,
+                "shard_size": shard_size, "rows": len(manifest),
+                "fingerprint": _fingerprint(manifest, paths)}  # fmt: skip
+    if (out / DONE).is_file():
+        done = json.loads((out / DONE).read_text())
+        if {k: done.get(k) for k in settings} == settings:
+            log.info("%s: already written, nothing to do", out)
+            return done["summary"]
+        raise DataError(f"{out}: holds WebDataset shards of other input or settings; remove it or use another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: not empty; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    names = manifest.classes.names
+    write_json(out / CLASSES_FILE, list(names))
+    encoder = _Encoder(manifest, paths, image_size=image_size, storage="jpeg-shards", quality=quality,
+                       subsampling=subsampling)  # fmt: skip
+    workers = max(0, min(workers, os.cpu_count() or 1))
+    loader = DataLoader(encoder, batch_size=None, sampler=range(len(manifest)), num_workers=workers,
+                        collate_fn=_identity, prefetch_factor=8 if workers else None)  # fmt: skip
+    bar = tqdm(total=len(manifest), unit="img", desc=f"webdataset {out.name}", disable=not progress)
+    bad: list[tuple[int, str]] = []
+    shards, tar, nbytes, current = [], None, 0, -1
+    try:
+        with disk_errors(out):
+            for row, payload, error in loader:
+                bar.update()
+                if error is not None:
+                    if not skip_bad_images:
+                        raise DataError(f"{error}; fix or remove it, or pass --skip-bad-images to leave it out")
+                    bad.append((row, error))
+                    continue
+                if tar is None or row // shard_size != current:
+                    if tar is not None:
+                        nbytes += _close_shard(tar, shards[-1])
+                    current = row // shard_size
+                    shards.append(out / f"shard-{current:06d}.tar")
+                    tar = tarfile.open(shards[-1].with_name(f".{shards[-1].name}.tmp"), "w", format=tarfile.GNU_FORMAT)
+                key = f"{int(manifest.ids[row]):09d}"
+                meta = {"label": names[manifest.labels[row]], "id": int(manifest.ids[row]), "path": paths[row]}
+                if manifest.true_labels is not None:
+                    meta["true_label"] = names[manifest.true_labels[row]]
+                _add(tar, f"{key}.jpg", payload)
+                _add(tar, f"{key}.cls", str(int(manifest.labels[row])).encode())
+                _add(tar, f"{key}.json", json.dumps(meta).encode())
+            if tar is not None:
+                nbytes += _close_shard(tar, shards[-1])
+                tar = None
+    finally:
+        bar.close()
+        if tar is not None:
+            tar.close()
+            Path(tar.name).unlink(missing_ok=True)
+    if not shards:
+        raise DataError(f"{manifest.source}: no image could be decoded; see {out / BAD_LIST}")
+    if bad:
+        _write_bad(out / BAD_LIST, manifest, paths, bad)
+    summary = {"out": str(out), "storage": "webdataset", "image_size": image_size, "shards": len(shards),
+               "samples": len(manifest) - len(bad), "skipped": len(bad), "bytes": int(nbytes),
+               "bytes_per_image": round(nbytes / max(1, len(manifest) - len(bad)), 1)}  # fmt: skip
+    if bad:
+        summary["bad_images"] = str(out / BAD_LIST)
+    write_json(out / DONE, {**settings, "summary": summary})
+    return summary
+
+
+BAD_LIST = "bad_images.csv"
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _close_shard(tar: tarfile.TarFile, final: Path) -> int:
+    """Finish a shard: close, fsync, rename into place, and build its offsets index now (one read of a file still
+    in the page cache)."""
+    tar.close()
+    with open(tar.name, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tar.name, final)
+    shard_index(final)
+    return final.stat().st_size
+
+
+def _write_bad(path: Path, manifest: Manifest, paths: list[str], bad: list[tuple[int, str]]) -> None:
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "source_row", "error"])
+        for r, e in bad:
+            row = int(manifest.rows[r]) if manifest.rows is not None else r
+            w.writerow([int(manifest.ids[r]), csv_path(paths[r]), row, e])
+    log.warning("skipped %d unreadable images, listed in %s", len(bad), path)

@@ -1,0 +1,205 @@
+"""Image sources: every registered source against one contract (a manifest for a split, a dataset at an image size,
+one image by id), and the WebDataset source end to end (written by preprocess, read back by id and by offset,
+trained from)."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lossguided.cli import main
+from lossguided.data import ClassMap, DataError, load_manifest, read_csv
+from lossguided.data import webdataset as wds
+from lossguided.data.datasets import make_dataset
+from lossguided.data.preprocessed import preprocess
+from lossguided.data.sources import get_source, image_of, list_sources, source_for, source_of
+from lossguided.data.webdataset import expand_braces, read_webdataset, write_webdataset
+
+SIZE = 16
+
+
+def _image_folder(tmp_path, image_csv):
+    root = tmp_path / "folder"
+    for i, row in enumerate(image_csv.read_text().splitlines()[1:]):
+        path, label = row.split(",")
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / f"{i}.png").write_bytes((image_csv.parent / path).read_bytes())
+    return str(root)
+
+
+def _preprocessed(tmp_path, image_csv):
+    preprocess(read_csv(image_csv), tmp_path / "prep", image_size=SIZE, storage="memmap", progress=False)
+    return str(tmp_path / "prep")
+
+
+def _webdataset(tmp_path, image_csv):
+    write_webdataset(read_csv(image_csv), tmp_path / "wds", image_size=SIZE, shard_size=10, progress=False)
+    return str(tmp_path / "wds")
+
+
+SPECS = {  # how a test makes each registered source's input: a new source adds one line here
+    "fashion-mnist": lambda tmp_path, image_csv: "fashion-mnist:val",
+    "webdataset": _webdataset,
+    "preprocessed": _preprocessed,
+    "image-folder": _image_folder,
+    "csv": lambda tmp_path, image_csv: str(image_csv),
+}
+
+
+def test_every_registered_source_is_under_the_contract():
+    assert set(list_sources()) == set(SPECS)
+    assert list_sources("*data*") == ["webdataset"]
+    with pytest.raises(ValueError, match="unknown image source 'lmdb'; one of"):
+        get_source("lmdb")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.fashion_mnist) if n == "fashion-mnist" else n for n in SPECS]
+)
+def test_source_contract(tmp_path, image_csv, name):
+    spec = SPECS[name](tmp_path, image_csv)
+    assert source_for(spec).name == name
+    m = load_manifest(spec, split="val")
+    assert len(m) > 0 and m.ids.dtype == np.int64 and len(np.unique(m.ids)) == len(m)
+    assert isinstance(m.classes, ClassMap) and 0 <= m.labels.min() and m.labels.max() < len(m.classes)
+    assert source_of(m).name == get_source(name).name or {source_of(m).name, name} == {"image-folder", "csv"}
+
+    ds = make_dataset(m, image_size=SIZE)
+    assert len(ds) == len(m)
+    for i in (0, len(m) - 1):
+        x, label, sid = ds[i]
+        assert x.dtype == torch.uint8 and x.shape[0] in (1, 3) and tuple(x.shape[1:]) == (SIZE, SIZE)
+        assert (int(label), int(sid)) == (int(m.labels[i]), int(m.ids[i]))
+
+    sub = m.select_ids(m.ids[-2:])  # a subset by id (what the recipe trains on after selection) keeps its source
+    x, _, sid = make_dataset(sub, image_size=SIZE * 2)[1]
+    assert tuple(x.shape[1:]) == (SIZE * 2, SIZE * 2) and int(sid) == int(m.ids[-1])
+
+    img = image_of(m, int(m.ids[-1]))  # a thumbnail's pixels, at the stored size
+    assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim in (2, 3) and min(img.shape[:2]) > 1
+
+    other = ClassMap(tuple(reversed(m.classes.names)))  # another split's class map re-encodes by name
+    again = load_manifest(spec, split="val", classes=other)
+    assert [other.names[j] for j in again.labels] == [m.classes.names[j] for j in m.labels]
+
+
+def test_unknown_input_names_the_choices(tmp_path):
+    with pytest.raises(DataError, match="WebDataset .tar shards"):
+        load_manifest(str(tmp_path / "nothing" / "here"))
+
+
+# -- WebDataset -------------------------------------------------------------------------------------------------
+def test_expand_braces():
+    assert expand_braces("s/train-{000008..000010}.tar") == [f"s/train-{i:06d}.tar" for i in (8, 9, 10)]
+    assert expand_braces("{a,b}-{0..1}.tar") == ["a-0.tar", "a-1.tar", "b-0.tar", "b-1.tar"]
+    with pytest.raises(DataError, match="empty range"):
+        expand_braces("x-{3..1}.tar")
+
+
+def test_webdataset_round_trip_keeps_ids_labels_classes_and_pixels(tmp_path, image_csv):
+    src = read_csv(image_csv).subset(np.arange(1, 24, 2))  # 12 samples, ids 1, 3, ..., 23
+    out = tmp_path / "wds"
+    summary = write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False)
+    assert summary["shards"] == 3 and summary["samples"] == 12 and summary["skipped"] == 0
+    shards = sorted(p.name for p in out.glob("*.tar"))
+    assert shards == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert all((out / f".{s}.idx.npz").is_file() for s in shards)  # the offsets index, written with each shard
+    with tarfile.open(out / shards[0]) as tar:  # what any WebDataset reader sees
+        assert tar.getnames()[:3] == ["000000001.jpg", "000000001.cls", "000000001.json"]
+        assert json.loads(tar.extractfile("000000001.json").read())["label"] == "SKU-A"
+
+    for spec in (str(out), str(out / "shard-{000000..000002}.tar")):  # a folder, or a brace pattern
+        m = load_manifest(spec)
+        np.testing.assert_array_equal(m.ids, src.ids)
+        np.testing.assert_array_equal(m.labels, src.labels)
+        assert m.classes == src.classes and m.paths[0] == f"{out / shards[0]}#000000001"
+    preprocess(src, tmp_path / "prep", image_size=SIZE, storage="jpeg-shards", progress=False)
+    ref_ds, ds = make_dataset(load_manifest(str(tmp_path / "prep")), image_size=SIZE), make_dataset(m, image_size=SIZE)
+    for i in range(len(src)):
+        (x, label, sid), (ref, ref_label, ref_id) = ds[i], ref_ds[i]
+        assert (int(label), int(sid)) == (int(ref_label), int(ref_id))
+        assert torch.equal(x, ref)  # the same JPEG bytes as the jpeg-shards format, read by offset
+
+    one = load_manifest(str(out / shards[1]))  # one shard alone
+    assert one.ids.tolist() == [11, 13, 15, 17, 19]
+    assert write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False) == summary  # complete: no-op
+    with pytest.raises(DataError, match="other input or settings"):
+        write_webdataset(src, out, image_size=SIZE * 2, shard_size=5, progress=False)
+
+
+def _tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_shards_a_user_already_has(tmp_path):
+    """Keys that are not integers (ids are positions), labels as names in .cls or .json, png or webp images."""
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 77, np.uint8)).save(png, format="PNG")
+    _tar(tmp_path / "a.tar", {"x/cat1.jpg": _jpeg(30), "x/cat1.cls": b"cat\n", "x/dog1.jpg": _jpeg(200),
+                              "x/dog1.json": b'{"label": "dog"}'})  # fmt: skip
+    _tar(tmp_path / "b.tar", {"x/cat2.png": png.getvalue(), "x/cat2.cls": b"cat"})
+    m = load_manifest(str(tmp_path / "{a,b}.tar"))
+    assert m.ids.tolist() == [0, 1, 2] and m.classes.names == ("cat", "dog")
+    assert [m.classes.names[j] for j in m.labels] == ["cat", "dog", "cat"]
+    x, label, sid = make_dataset(m, image_size=SIZE)[1]
+    assert x.shape == (3, SIZE, SIZE) and int(label) == 1 and abs(int(x.float().mean()) - 200) < 3
+    assert make_dataset(m, image_size=SIZE)[2][0].shape == (1, SIZE, SIZE)  # grayscale kept as one channel
+    assert image_of(m, 2).shape == (8, 8, 3)
+
+    _tar(tmp_path / "bad.tar", {"k1.jpg": _jpeg(1)})
+    with pytest.raises(DataError, match=r"bad\.tar: k1: no label"):
+        load_manifest(str(tmp_path / "bad.tar"))
+    _tar(tmp_path / "missing-000000.tar", {"k1.jpg": _jpeg(1), "k1.cls": b"a"})
+    with pytest.raises(DataError, match=r"missing-000001\.tar: shard not found"):
+        load_manifest(str(tmp_path / "missing-{000000..000001}.tar"))
+
+
+def test_offsets_index_is_reused_and_rebuilt_when_the_shard_changes(tmp_path, monkeypatch):
+    shard = tmp_path / "s.tar"
+    _tar(shard, {"1.jpg": _jpeg(10), "1.cls": b"a"})
+    built = []
+    real = wds.build_index
+    monkeypatch.setattr(wds, "build_index", lambda p: built.append(p) or real(p))
+    assert read_webdataset(str(shard)).ids.tolist() == [1]
+    wds._STORES.clear()
+    assert read_webdataset(str(shard)).ids.tolist() == [1] and len(built) == 1  # from the cached index
+    _tar(shard, {"1.jpg": _jpeg(10), "1.cls": b"a", "2.jpg": _jpeg(20), "2.cls": b"b"})
+    assert read_webdataset(str(shard)).ids.tolist() == [1, 2] and len(built) == 2  # changed: rebuilt
+
+
+def test_index_that_cannot_be_written_beside_the_shard_goes_to_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGUIDED_CACHE", str(tmp_path / "cache"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _tar(ro / "s.tar", {"1.jpg": _jpeg(10), "1.cls": b"a"})
+    (ro / ".s.tar.idx.npz").mkdir()  # the place beside the shard cannot take a file (as in a read-only folder)
+    assert read_webdataset(str(ro)).ids.tolist() == [1]
+    assert len(list((tmp_path / "cache" / "wds-index").glob("*.npz"))) == 1
+
+
+def test_cli_preprocess_webdataset_then_train_and_evaluate_from_the_shards(tmp_path, image_csv, capsys):
+    out = tmp_path / "shards"
+    args = ["preprocess", str(image_csv), "--out", str(out), "--format", "webdataset", "--image-size", "16"]
+    assert main([*args, "--shard-size", "10", "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["shards"] == 3
+    tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "8", "--workers", "0"]
+    pattern = str(out / "shard-{000000..000002}.tar")
+    assert main(["train", "--train", pattern, "--val", str(out), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 *tiny]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--test", str(out)]) == 0
+    assert set(json.loads(capsys.readouterr().out)["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}
