@@ -203,3 +203,13 @@ def test_cli_preprocess_webdataset_then_train_and_evaluate_from_the_shards(tmp_p
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--test", str(out)]) == 0
     assert set(json.loads(capsys.readouterr().out)["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}
+
+
+def test_report_thumbnails_open_a_shard_sample_by_its_path(tmp_path, image_csv):
+    from lossguided.report.images import ImageResolver
+
+    m = load_manifest(_webdataset(tmp_path, image_csv))
+    resolver = ImageResolver()
+    thumbs = resolver.thumbnails([m.paths[0], m.paths[23], f"{m.paths[0]}x"], workers=1, progress=False)
+    assert thumbs[0][:2] == thumbs[1][:2] == b"\xff\xd8" and thumbs[2] is None  # JPEGs; an unknown key is missing
+    assert resolver.missing == [f"{m.paths[0]}x"]

@@ -104,6 +104,12 @@ def image_of(manifest: Manifest, sample_id: int) -> np.ndarray:
     return source_of(manifest).image(manifest, int(sample_id))
 
 
+def image_by_name(name: str) -> np.ndarray | None:
+    """The image that a sample's path names where that is no file of its own (a WebDataset sample's
+    `<shard>.tar#<key>`), uint8 [H,W,3]; None when no source resolves the name."""
+    return webdataset.image_by_name(name) if "#" in name else None
+
+
 def _position(manifest: Manifest, sample_id: int) -> int:
     return int(manifest.positions_of(np.array([sample_id], dtype=np.int64))[0])
 

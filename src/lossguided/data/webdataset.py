@@ -205,6 +205,7 @@ class ShardStore:
         self.ids = _ids_of(self.keys)
         self._order = np.argsort(self.ids, kind="stable")
         self._fds: dict[int, int] = {}
+        self._by_key: dict[str, int] | None = None
 
     def name(self, pos: int) -> str:
         return f"{self.shards[int(self.shard[pos])]}#{self.keys[pos]}"
@@ -217,6 +218,11 @@ class ShardStore:
             raise DataError(f"{source}: {int(bad.sum())} ids are not in the shards {self.spec}, "
                             f"e.g. {ids[bad][:5].tolist()}")  # fmt: skip
         return pos
+
+    def position_of_key(self, key: str) -> int | None:
+        if self._by_key is None:
+            self._by_key = {k: i for i, k in enumerate(self.keys)}
+        return self._by_key.get(key)
 
     def read(self, pos: int) -> bytes:
         k = int(self.shard[pos])
@@ -335,6 +341,24 @@ def image_of(manifest: Manifest, sample_id: int) -> np.ndarray:
     """One sample's image at its stored size, uint8 [H,W,3] (for thumbnails)."""
     store = open_store(manifest.store)
     pos = int(store.positions_of(np.array([sample_id]), source=manifest.source)[0])
+    return _pixels(store, pos)
+
+
+def image_by_name(name: str) -> np.ndarray | None:
+    """The image a sample's path `<shard>.tar#<key>` names (in a loss table or selection CSV), uint8 [H,W,3]; None
+    when `name` is no such path or the shard no longer holds the key."""
+    shard, sep, key = str(name).rpartition("#")
+    if not sep or not shard.endswith(".tar") or not os.path.isfile(shard):
+        return None
+    try:
+        store = open_store(shard)
+        pos = store.position_of_key(key)
+        return None if pos is None else _pixels(store, pos)
+    except (DataError, OSError, ValueError):
+        return None
+
+
+def _pixels(store: ShardStore, pos: int) -> np.ndarray:
     with Image.open(io.BytesIO(store.read(pos))) as img:
         return np.array(to_rgb(img))
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from lossguided.data import fashion_mnist
 from lossguided.data.manifest import DataError, Manifest
+from lossguided.data.sources import image_by_name
 
 _CHUNK = 1 << 20
 BAD_IMAGE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
@@ -113,6 +114,9 @@ class ImageResolver:
         return images[order[pos]] if pos < len(ids) and ids[pos] == sample_id else None
 
     def open(self, path: str) -> Image.Image | None:
+        named = image_by_name(path)  # a sample inside a file, e.g. a WebDataset shard's `<shard>.tar#<key>`
+        if named is not None:
+            return array_image(named)
         builtin = split_builtin_path(path)
         if builtin is not None:
             pixels = self._pixels(*builtin)
