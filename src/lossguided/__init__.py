@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _API = {
     "load_manifest": ("lossguided.api", "load_manifest"),
     "record_losses": ("lossguided.api", "record_losses"),
-    "image_dataset": ("lossguided.data.datasets", "make_dataset"),
+    "image_dataset": ("lossguided.data.sources", "make_dataset"),
     "select": ("lossguided.api", "select"),
     "rank_suspects": ("lossguided.api", "rank_suspects"),
     "Suspects": ("lossguided.api", "Suspects"),

@@ -240,8 +240,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lossguided import stages
-    from lossguided.data.datasets import make_dataset
-    from lossguided.data.sources import load_manifest
+    from lossguided.data.sources import load_manifest, make_dataset
     from lossguided.engine import checkpoint
     from lossguided.engine.evaluate import evaluate
     from lossguided.models import load_model

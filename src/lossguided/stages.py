@@ -16,9 +16,9 @@ from torch import nn
 from lossguided.config import ConfigError, DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
 from lossguided.data import fashion_mnist
 from lossguided.data.augment import with_randaugment
-from lossguided.data.datasets import BadImage, check_all, make_dataset, write_bad_images
+from lossguided.data.datasets import BadImage, check_all, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest
-from lossguided.data.sources import load_manifest
+from lossguided.data.sources import default_split_spec, load_manifest, make_dataset
 from lossguided.data.transforms import saved_normalization
 from lossguided.engine import checkpoint
 from lossguided.engine.evaluate import evaluate
@@ -50,12 +50,11 @@ def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train
     """Read train/val/test; val and test are encoded with the training class map, and every image file is decoded
     once now, so bad input stops the run before any training (or, with data.skip_bad_images, is left out)."""
     opts = fashion_mnist_options(data)
-    builtin = data.train == fashion_mnist.NAME
     train = load_manifest(data.train, split="train", classes=classes, fashion_mnist_options=opts) if need_train \
         else None  # fmt: skip
     classes = classes or train.classes
-    val_spec = data.val or (fashion_mnist.NAME if builtin else None)
-    test_spec = data.test or (fashion_mnist.NAME if builtin else None)
+    val_spec = data.val or default_split_spec(data.train, "val")
+    test_spec = data.test or default_split_spec(data.train, "test")
     val = load_manifest(val_spec, split="val", classes=classes, fashion_mnist_options=opts) if val_spec else None
     test = load_manifest(test_spec, split="test", classes=classes, fashion_mnist_options=opts) if test_spec else None
     (train, val, test), bad = check_all((train, val, test), skip_bad=data.skip_bad_images, workers=data.workers)

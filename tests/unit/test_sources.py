@@ -16,7 +16,7 @@ from lossguided.data import ClassMap, DataError, load_manifest, read_csv
 from lossguided.data import webdataset as wds
 from lossguided.data.datasets import make_dataset
 from lossguided.data.preprocessed import preprocess
-from lossguided.data.sources import get_source, image_of, list_sources, source_for, source_of
+from lossguided.data.sources import default_split_spec, get_source, image_of, list_sources, source_for, source_of
 from lossguided.data.webdataset import expand_braces, read_webdataset, write_webdataset
 
 SIZE = 16
@@ -85,6 +85,11 @@ def test_source_contract(tmp_path, image_csv, name):
     other = ClassMap(tuple(reversed(m.classes.names)))  # another split's class map re-encodes by name
     again = load_manifest(spec, split="val", classes=other)
     assert [other.names[j] for j in again.labels] == [m.classes.names[j] for j in m.labels]
+
+
+def test_only_the_built_in_benchmark_brings_its_own_val_and_test(tmp_path, image_csv):
+    assert default_split_spec("fashion-mnist", "val") == "fashion-mnist"
+    assert default_split_spec(str(image_csv), "val") is None and default_split_spec(str(tmp_path), "test") is None
 
 
 def test_unknown_input_names_the_choices(tmp_path):

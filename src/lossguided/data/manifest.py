@@ -97,9 +97,11 @@ class Manifest:
     """Samples of one split. `images` (uint8 [N,H,W] or [N,H,W,3]) replaces `paths` for in-memory datasets.
 
     `true_labels` is known only for benchmarks made noisy on purpose; it is used to score noise detection.
-    `store` is a preprocessed folder (`lossguided preprocess`) that holds every sample's pixels by id; `paths` then
-    name the original files (for people and loss tables), which need not exist any more. `paths` is held as a
-    `StringColumn` (one byte buffer + offsets; see `data.strings`): a list or object array given here is converted.
+    `store` is a preprocessed folder (`lossguided preprocess`) or WebDataset shards (`data.webdataset`) that hold
+    every sample's pixels by id; `paths` then name the original files, or `<shard>.tar#<key>` (for people and loss
+    tables), which need not exist as files. `data.sources` says which source holds a manifest's pixels. `paths` is
+    held as a `StringColumn` (one byte buffer + offsets; see `data.strings`): a list or object array given here is
+    converted.
     `digest` is the SHA-256 of the CSV these exact rows were read from (None otherwise, and for a subset): a key for
     caching what was checked about them (e.g. every image decodes) without a stat per image.
     """

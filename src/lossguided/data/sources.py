@@ -29,7 +29,8 @@ class ImageSource:
     """One kind of input. `matches(spec)` says whether a command-line name is this source's; `owns(manifest)`
     whether a manifest (or a subset of it) came from it. `manifest(spec, split=, classes=, options=)` reads it
     (`options`: the built-in data's, ignored by the others), `dataset(manifest, image_size=)` yields
-    `(uint8 [C,S,S], label, id)`, `image(manifest, id)` is one image at its stored size, uint8 [H,W] or [H,W,3]."""
+    `(uint8 [C,S,S], label, id)`, `image(manifest, id)` is one image at its stored size, uint8 [H,W] or [H,W,3].
+    `default_split(train_spec, split)` names what `split` (val, test) reads when only the training set is named."""
 
     name: str
     description: str
@@ -38,6 +39,7 @@ class ImageSource:
     manifest: Callable[..., Manifest]
     dataset: Callable[..., Dataset]
     image: Callable[[Manifest, int], np.ndarray]
+    default_split: Callable[[str, str], str | None] = lambda spec, split: None
 
 
 _SOURCES: dict[str, ImageSource] = {}
@@ -92,6 +94,12 @@ def load_manifest(
     With `classes` (a checkpoint's or the training set's class map), labels are encoded through it.
     """
     return source_for(spec).manifest(spec, split=split, classes=classes, options=fashion_mnist_options)
+
+
+def default_split_spec(train_spec: str, split: str) -> str | None:
+    """What `split` (val or test) reads when a run names only its training set: the built-in benchmark's own
+    splits; None for the other sources."""
+    return source_for(train_spec).default_split(train_spec, split)
 
 
 def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
@@ -231,49 +239,24 @@ def _owns_arrays(manifest: Manifest) -> bool:
     return manifest.images is not None
 
 
-register_source(
-    ImageSource(
-        "fashion-mnist",
-        "the built-in benchmark, in memory (`fashion-mnist[:split]`)",
-        _is_fashion_mnist,
-        _owns_arrays,
-        _fashion_mnist_manifest,
-        _array_dataset,
-        _array_image,
-    )
-)
-register_source(
-    ImageSource(
-        "webdataset",
-        "WebDataset .tar shards: a folder, one shard or a brace pattern",
-        webdataset.is_shard_spec,
-        _owns_webdataset,
-        _webdataset_manifest,
-        _webdataset_dataset,
-        webdataset.image_of,
-    )
-)
-register_source(
-    ImageSource(
-        "preprocessed",
-        "a `lossguided preprocess` folder (jpeg-shards or memmap)",
-        _is_preprocessed_spec,
-        _owns_preprocessed,
-        _preprocessed_manifest,
-        _preprocessed_dataset,
-        _preprocessed_image,
-    )
-)
-register_source(
-    ImageSource(
-        "image-folder",
-        "an ImageFolder tree root/<class>/<image>",
-        lambda s: Path(s).is_dir(),
-        _owns_files,
-        _image_folder_manifest,
-        _file_dataset,
-        _file_image,
-    )
-)
-register_source(ImageSource("csv", "a CSV manifest path,label[,id] (paths relative to it)", _is_csv, _owns_files,
-                            _csv_manifest, _file_dataset, _file_image))  # fmt: skip
+def _fashion_mnist_default_split(spec: str, split: str) -> str | None:
+    return fashion_mnist.NAME if spec == fashion_mnist.NAME else None  # its own val and test splits
+
+
+# Tried in this order: the most specific names first.
+register_source(ImageSource(name="fashion-mnist", description="the built-in benchmark, in memory",
+                            matches=_is_fashion_mnist, owns=_owns_arrays, manifest=_fashion_mnist_manifest,
+                            dataset=_array_dataset, image=_array_image,
+                            default_split=_fashion_mnist_default_split))  # fmt: skip
+register_source(ImageSource(name="webdataset", description="WebDataset .tar shards (folder, .tar, brace pattern)",
+                            matches=webdataset.is_shard_spec, owns=_owns_webdataset, manifest=_webdataset_manifest,
+                            dataset=_webdataset_dataset, image=webdataset.image_of))  # fmt: skip
+register_source(ImageSource(name="preprocessed", description="a `lossguided preprocess` folder (jpeg-shards or memmap)",
+                            matches=_is_preprocessed_spec, owns=_owns_preprocessed, manifest=_preprocessed_manifest,
+                            dataset=_preprocessed_dataset, image=_preprocessed_image))  # fmt: skip
+register_source(ImageSource(name="image-folder", description="an ImageFolder tree root/<class>/<image>",
+                            matches=lambda s: Path(s).is_dir(), owns=_owns_files, manifest=_image_folder_manifest,
+                            dataset=_file_dataset, image=_file_image))  # fmt: skip
+register_source(ImageSource(name="csv", description="a CSV manifest path,label[,id] (paths relative to it)",
+                            matches=_is_csv, owns=_owns_files, manifest=_csv_manifest, dataset=_file_dataset,
+                            image=_file_image))  # fmt: skip

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import DataError, Manifest
+from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, TTA_VIEWS, BatchTransform, saved_normalization
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import all_gather_objects, barrier, default_device, get_info
