@@ -218,3 +218,12 @@ def test_report_thumbnails_open_a_shard_sample_by_its_path(tmp_path, image_csv):
     thumbs = resolver.thumbnails([m.paths[0], m.paths[23], f"{m.paths[0]}x"], workers=1, progress=False)
     assert thumbs[0][:2] == thumbs[1][:2] == b"\xff\xd8" and thumbs[2] is None  # JPEGs; an unknown key is missing
     assert resolver.missing == [f"{m.paths[0]}x"]
+
+
+def test_eda_reads_sizes_and_hashes_of_shard_samples(tmp_path, image_csv):
+    from lossguided.report.eda import scan_images
+
+    m = load_manifest(_webdataset(tmp_path, image_csv))
+    scan = scan_images(m, workers=1, progress=False)
+    assert not scan.problems and set(scan.widths.tolist()) == set(scan.heights.tolist()) == {SIZE}
+    assert all(scan.digests) and len(set(scan.digests)) == len(m)  # distinct images, distinct encoded bytes

@@ -118,6 +118,12 @@ def image_by_name(name: str) -> np.ndarray | None:
     return webdataset.image_by_name(name) if "#" in name else None
 
 
+def bytes_by_name(name: str) -> bytes | None:
+    """The encoded image that a sample's path names where that is no file of its own (`image_by_name`), for
+    hashing and header reads without a decode; None when no source resolves the name."""
+    return webdataset.bytes_by_name(name) if "#" in name else None
+
+
 def _position(manifest: Manifest, sample_id: int) -> int:
     return int(manifest.positions_of(np.array([sample_id], dtype=np.int64))[0])
 

@@ -341,26 +341,32 @@ def image_of(manifest: Manifest, sample_id: int) -> np.ndarray:
     """One sample's image at its stored size, uint8 [H,W,3] (for thumbnails)."""
     store = open_store(manifest.store)
     pos = int(store.positions_of(np.array([sample_id]), source=manifest.source)[0])
-    return _pixels(store, pos)
+    with Image.open(io.BytesIO(store.read(pos))) as img:
+        return np.array(to_rgb(img))
 
 
-def image_by_name(name: str) -> np.ndarray | None:
-    """The image a sample's path `<shard>.tar#<key>` names (in a loss table or selection CSV), uint8 [H,W,3]; None
-    when `name` is no such path or the shard no longer holds the key."""
+def bytes_by_name(name: str) -> bytes | None:
+    """The encoded image a sample's path `<shard>.tar#<key>` names (in a loss table or selection CSV); None when
+    `name` is no such path or the shard no longer holds the key."""
     shard, sep, key = str(name).rpartition("#")
     if not sep or not shard.endswith(".tar") or not os.path.isfile(shard):
         return None
     try:
         store = open_store(shard)
         pos = store.position_of_key(key)
-        return None if pos is None else _pixels(store, pos)
-    except (DataError, OSError, ValueError):
+        return None if pos is None else store.read(pos)
+    except (DataError, OSError):
         return None
 
 
-def _pixels(store: ShardStore, pos: int) -> np.ndarray:
-    with Image.open(io.BytesIO(store.read(pos))) as img:
-        return np.array(to_rgb(img))
+def image_by_name(name: str) -> np.ndarray | None:
+    """`bytes_by_name` decoded, uint8 [H,W,3]; None also when the bytes do not decode."""
+    data = bytes_by_name(name)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.array(to_rgb(img))
+    except (OSError, ValueError, TypeError, Image.DecompressionBombError):
+        return None
 
 
 # -- writing ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ figures OUT/class_frequency.png and OUT/image_sizes.png.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lossguided.data.manifest import Manifest
+from lossguided.data.sources import bytes_by_name
 from lossguided.io import atomic_path, safe_cell, write_json
 from lossguided.layout import csv_path
 from lossguided.report import figures
@@ -118,7 +121,11 @@ def scan_images(manifest: Manifest, *, workers: int = 4, progress: bool | None =
 
     def one(path: str) -> tuple[tuple[int, int] | None, str | None, str | None]:
         if not os.path.isfile(path):
-            return None, None, "missing"
+            data = bytes_by_name(path)  # a sample inside a file (a WebDataset shard's `<shard>.tar#<key>`)
+            if data is None:
+                return None, None, "missing"
+            size = header_size(io.BytesIO(data))
+            return size, hashlib.sha1(data).hexdigest(), None if size else "unreadable"
         size = header_size(path)
         return size, file_digest(path), None if size else "unreadable"
 
