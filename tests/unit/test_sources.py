@@ -227,3 +227,20 @@ def test_eda_reads_sizes_and_hashes_of_shard_samples(tmp_path, image_csv):
     scan = scan_images(m, workers=1, progress=False)
     assert not scan.problems and set(scan.widths.tolist()) == set(scan.heights.tolist()) == {SIZE}
     assert all(scan.digests) and len(set(scan.digests)) == len(m)  # distinct images, distinct encoded bytes
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_under_torchrun_every_rank_reaches_the_barrier_also_when_the_read_fails(tmp_path, monkeypatch, local_rank):
+    from types import SimpleNamespace
+
+    import lossguided.engine.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "get_info", lambda: SimpleNamespace(enabled=True, local_rank=local_rank))
+    _tar(tmp_path / "s.tar", {"1.jpg": _jpeg(10), "1.cls": b"a"})
+    assert load_manifest(str(tmp_path / "s.tar")).ids.tolist() == [1] and calls == ["barrier"]
+    (tmp_path / "bad.tar").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="not a readable tar shard"):
+        load_manifest(str(tmp_path / "bad.tar"))
+    assert calls == ["barrier", "barrier"]

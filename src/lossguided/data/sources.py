@@ -181,7 +181,7 @@ def _owns_webdataset(manifest: Manifest) -> bool:
 
 
 def _webdataset_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
-    return webdataset.read_webdataset(spec, classes=classes)
+    return _once_per_machine(webdataset.read_webdataset, spec, classes=classes)  # one index build, cached for all
 
 
 def _webdataset_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
@@ -214,31 +214,32 @@ def _is_csv(spec: str) -> bool:
 
 
 def _csv_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
-    manifest = _read_csv_once_per_machine(Path(spec), classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
+    manifest = _once_per_machine(read_csv, Path(spec), classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
     if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():  # e.g. `select`'s output
         manifest = fashion_mnist.resolve_paths(manifest, options or fashion_mnist.FashionMnistOptions())
         return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
     return manifest
 
 
-def _read_csv_once_per_machine(path: Path, **kwargs) -> Manifest:
-    """`read_csv`, by local rank 0 first; every rank reaches the barrier, also when the first read fails (then
+def _once_per_machine(read: Callable[..., Manifest], spec, **kwargs) -> Manifest:
+    """`read(spec)`, by local rank 0 first (it fills the cache: a CSV's columns, the shards' offsets indexes); the
+    other ranks then read from that cache. Every rank reaches the barrier, also when the first read fails (then
     local rank 0 raises its error and the others find theirs)."""
     from lossguided.engine.distributed import barrier, get_info
 
     info = get_info()
     if not info.enabled:
-        return read_csv(path, **kwargs)
+        return read(spec, **kwargs)
     manifest, error = None, None
     if info.local_rank == 0:
         try:
-            manifest = read_csv(path, **kwargs)
+            manifest = read(spec, **kwargs)
         except Exception as e:  # re-raised below, once every rank has reached the barrier
             error = e
     barrier()
     if error is not None:
         raise error
-    return manifest if manifest is not None else read_csv(path, **kwargs)
+    return manifest if manifest is not None else read(spec, **kwargs)
 
 
 def _owns_arrays(manifest: Manifest) -> bool:
