@@ -165,6 +165,9 @@ def test_shards_a_user_already_has(tmp_path):
     assert make_dataset(m, image_size=SIZE)[2][0].shape == (1, SIZE, SIZE)  # grayscale kept as one channel
     assert image_of(m, 2).shape == (8, 8, 3)
 
+    _tar(tmp_path / "c.tar", {"x/1.jpg": _jpeg(1), "x/1.cls": b"a", "y/1.jpg": _jpeg(2), "y/1.cls": b"b"})
+    assert load_manifest(str(tmp_path / "c.tar")).ids.tolist() == [0, 1]  # integer keys, but not distinct
+
     _tar(tmp_path / "bad.tar", {"k1.jpg": _jpeg(1)})
     with pytest.raises(DataError, match=r"bad\.tar: k1: no label"):
         load_manifest(str(tmp_path / "bad.tar"))
@@ -244,3 +247,15 @@ def test_under_torchrun_every_rank_reaches_the_barrier_also_when_the_read_fails(
     with pytest.raises(DataError, match="not a readable tar shard"):
         load_manifest(str(tmp_path / "bad.tar"))
     assert calls == ["barrier", "barrier"]
+
+
+@pytest.mark.fashion_mnist
+def test_shards_of_the_built_in_benchmark_keep_its_class_order_and_true_labels(tmp_path):
+    from lossguided.data import fashion_mnist
+
+    m = fashion_mnist.load("train", fashion_mnist.FashionMnistOptions(train_limit=60))
+    write_webdataset(m, tmp_path / "fm", image_size=28, shard_size=25, progress=False)
+    back = load_manifest(str(tmp_path / "fm"))
+    assert back.classes == m.classes  # classes.json: the benchmark's order, not sorted names
+    for a in ("ids", "labels", "true_labels"):
+        np.testing.assert_array_equal(getattr(back, a), getattr(m, a))

@@ -246,10 +246,12 @@ class ShardStore:
 
 
 def _ids_of(keys: list[str]) -> np.ndarray:
+    """The keys' integers when every key's file name is one and they are distinct, else positions."""
     try:
-        return np.array([int(k.rsplit("/", 1)[-1]) for k in keys], dtype=np.int64)
-    except ValueError:
+        ids = np.array([int(k.rsplit("/", 1)[-1]) for k in keys], dtype=np.int64)
+    except (ValueError, OverflowError):
         return np.arange(len(keys), dtype=np.int64)
+    return ids if len(np.unique(ids)) == len(ids) else np.arange(len(keys), dtype=np.int64)
 
 
 _STORES: dict[str, tuple[tuple, ShardStore]] = {}
