@@ -21,7 +21,7 @@ DATA_FLAGS = {
     "train": "data.train", "val": "data.val", "test": "data.test", "image_size": "data.image_size",
     "data_dir": "data.data_dir", "imbalance_ratio": "data.imbalance_ratio", "noise_rate": "data.noise_rate",
     "noise_kind": "data.noise_kind", "data_seed": "data.data_seed", "train_limit": "data.train_limit",
-    "workers": "data.workers", "skip_bad_images": "data.skip_bad_images",
+    "workers": "data.workers", "skip_bad_images": "data.skip_bad_images", "confine_paths": "data.confine_paths",
 }  # fmt: skip
 MODEL_FLAGS = {"model": "model.name", "pretrained": "model.pretrained", "pretrained_path": "model.pretrained_path"}
 TRAIN_FLAGS = {
@@ -86,6 +86,13 @@ def _add_data(
         action="store_true",
         default=None,
         help=f"skip unreadable images {d('data.skip_bad_images')}",
+    )
+    g.add_argument(
+        "--confine-paths",
+        action="store_true",
+        default=None,
+        help="refuse a manifest whose image paths leave its own folder ('../', absolute paths, links out) "
+        f"{d('data.confine_paths')}",
     )
     f = p.add_argument_group("fashion-mnist (built-in benchmark data)")
     f.add_argument("--data-dir", help=f"folder of the IDX files {d('data.data_dir')}")

@@ -39,6 +39,7 @@ class DataConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     skip_bad_images: bool = False  # skip unreadable images and write their list, instead of stopping
+    confine_paths: bool = False  # every image inside its manifest's folder (no '../', absolute paths, links out)
     # Built-in Fashion-MNIST benchmark: how it is made long-tailed and noisy.
     data_dir: str = "/usr/share/datasets/fashion-mnist"
     imbalance_ratio: float = 100.0

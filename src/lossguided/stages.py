@@ -17,7 +17,7 @@ from lossguided.config import ConfigError, DataConfig, RecipeConfig, TrainConfig
 from lossguided.data import fashion_mnist
 from lossguided.data.augment import with_randaugment
 from lossguided.data.datasets import BadImage, check_all, write_bad_images
-from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.manifest import ClassMap, Manifest, check_confined
 from lossguided.data.sources import default_split_spec, load_manifest, make_dataset
 from lossguided.data.transforms import saved_normalization
 from lossguided.engine import checkpoint
@@ -57,6 +57,10 @@ def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train
     test_spec = data.test or default_split_spec(data.train, "test")
     val = load_manifest(val_spec, split="val", classes=classes, fashion_mnist_options=opts) if val_spec else None
     test = load_manifest(test_spec, split="test", classes=classes, fashion_mnist_options=opts) if test_spec else None
+    if data.confine_paths:
+        for m in (train, val, test):
+            if m is not None:
+                check_confined(m)
     (train, val, test), bad = check_all((train, val, test), skip_bad=data.skip_bad_images, workers=data.workers)
     if train is None:
         train = val or test

@@ -331,6 +331,21 @@ def _file_names(folder: str) -> tuple[bytes, int]:
     return b"".join(os.fsencode(n) + b"\0" for n in names), len(names)
 
 
+def check_confined(manifest: Manifest) -> None:
+    """Every image path of a file manifest lies inside the manifest's own folder (the CSV's folder, the ImageFolder
+    root) once links and `..` are resolved; else one line naming the file, row and path. For data from people one
+    does not trust: by default a CSV may name any readable file (absolute paths and `../` included)."""
+    if manifest.paths is None or not manifest.source or ":" in manifest.source.split("/")[0]:
+        return  # built-in or in-memory data: no files to confine
+    src = Path(manifest.source)
+    root = os.path.realpath(src.parent if src.is_file() else src)
+    rows = manifest.rows if manifest.rows is not None else np.arange(len(manifest)) + 2
+    for i, p in enumerate(manifest.paths):
+        real = os.path.realpath(p)
+        if real != root and not real.startswith(root + os.sep):
+            raise DataError(f"{manifest.source}: row {rows[i]}: image {p} lies outside {root} (data.confine_paths)")
+
+
 def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = None) -> Manifest:
     """`root/<class>/<image>`; ids number the files in sorted (class, file) order, so they are stable. Hidden
     folders and files (a leading '.', e.g. `.ipynb_checkpoints`, `.DS_Store`) are not classes or images. Folders are
