@@ -248,6 +248,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lossguided import stages
     from lossguided.data.sources import load_manifest, make_dataset
+    from lossguided.data.transforms import saved_normalization
     from lossguided.engine import checkpoint
     from lossguided.engine.evaluate import evaluate
     from lossguided.models import load_model
@@ -268,6 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         predictions_csv=args.predictions,
         progress=not args.no_progress,
         loader_kwargs={"workers": args.workers, "persistent_workers": False},
+        normalization=saved_normalization(state),  # the mean/std it was trained with, as features use
     )
     print(json.dumps(metrics, indent=2))
     return 0
