@@ -259,3 +259,11 @@ def test_shards_of_the_built_in_benchmark_keep_its_class_order_and_true_labels(t
     assert back.classes == m.classes  # classes.json: the benchmark's order, not sorted names
     for a in ("ids", "labels", "true_labels"):
         np.testing.assert_array_equal(getattr(back, a), getattr(m, a))
+
+
+def test_confine_paths_leaves_stored_samples_alone(tmp_path, image_csv):
+    from lossguided.data.manifest import check_confined
+
+    spec = _webdataset(tmp_path, image_csv)
+    check_confined(load_manifest(spec + "/shard-{000000..000002}.tar"))  # names `<shard>.tar#<key>`, read by offset
+    check_confined(load_manifest(_preprocessed(tmp_path, image_csv)))  # original paths kept as names only
