@@ -388,8 +388,8 @@ def _brief(r: dict) -> str:
 
 # -- tables ------------------------------------------------------------------------------------------------------
 ROW_ORDER = [
-    ("pretrain", "stage 1 alone (noisy labels, 6 epochs)"),
-    ("baseline", "baseline (noisy labels, the recipe's budget)"),
+    ("pretrain", "stage 1 alone (given labels, 6 epochs)"),
+    ("baseline", "baseline (given labels, the recipe's budget)"),
     ("oracle_plain", "oracle, plain (stage 1 on the true labels)"),
     ("matched_oracle", "matched oracle (the recipe on the true labels)"),
     ("cleanlab", "cleanlab, strongest fair setting"),
