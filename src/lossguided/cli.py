@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")  # fmt: skip
-    from lossguided.data.manifest import DataError
+    from lossguided.data.manifest import DataError, one_line_message
     from lossguided.engine.checkpoint import CheckpointError
     from lossguided.engine.distributed import init_distributed, shutdown
 
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             return args.func(args)
     except (DataError, config_mod.ConfigError, CheckpointError) as e:
-        print(f"lossguided {args.command}: error: {e}", file=sys.stderr)
+        print(f"lossguided {args.command}: error: {one_line_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -40,3 +40,14 @@ def test_a_truncated_loss_table_is_one_line(tmp_path):
     with pytest.raises(DataError, match="cut.npz") as e:
         LossTable.load(tmp_path / "cut.npz")
     assert "\n" not in str(e.value)
+
+
+def test_an_error_from_a_loader_worker_reaches_the_user_as_its_own_line():
+    from lossguided.data.manifest import one_line_message
+
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\nlossguided.data.manifest.DataError: store: shard 3 is cut short (id 17)'
+    )
+    assert one_line_message(wrapped) == "store: shard 3 is cut short (id 17)"
+    assert one_line_message(DataError("plain")) == "plain"

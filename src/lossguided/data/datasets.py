@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lossguided.data.decode import BAD_IMAGE_ERRORS, verify_image
 from lossguided.data.decode import decode_image as _decode_image
-from lossguided.data.manifest import DataError, Manifest
+from lossguided.data.manifest import DataError, Manifest, one_line_message
 from lossguided.io import atomic_path, safe_cell, write_json
 from lossguided.layout import csv_path
 
@@ -197,11 +197,7 @@ def write_bad_images(path: str | os.PathLike, bad: list[BadImage]) -> None:
 def one_line_worker_error(e: DataError) -> DataError:
     """A DataLoader worker's DataError arrives in the main process with the worker's traceback as its message;
     keep only our line (the last one), so the user sees one line."""
-    text = str(e)
-    if "Original Traceback" not in text:
-        return e
-    last = text.rstrip().splitlines()[-1]
-    return type(e)(last.split(": ", 1)[1] if last.startswith(("lossguided.", "DataError")) else last)
+    return e if "Original Traceback" not in str(e) else type(e)(one_line_message(e))
 
 
 def _bad(manifest: Manifest, pos: int, error: str) -> BadImage:

@@ -331,6 +331,15 @@ def _file_names(folder: str) -> tuple[bytes, int]:
     return b"".join(os.fsencode(n) + b"\0" for n in names), len(names)
 
 
+def one_line_message(e: Exception) -> str:
+    """Our error's own line: one raised in a DataLoader worker arrives with the worker's traceback around it."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(("lossguided.", "DataError", "ConfigError")) else last
+
+
 def check_confined(manifest: Manifest) -> None:
     """Every image path of a file manifest lies inside the manifest's own folder (the CSV's folder, the ImageFolder
     root) once links and `..` are resolved; else one line naming the file, row and path. For data from people one
