@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lossguided import runlock, stages
+from lossguided import layout, runlock, stages
 from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differences, from_dict, to_dict
 from lossguided.engine.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
@@ -23,13 +23,13 @@ log = logging.getLogger("lossguided")
 
 
 def _done(stage_dir: Path) -> dict | None:
-    path = stage_dir / "done.json"
+    path = stage_dir / layout.DONE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _finish(stage_dir: Path, result: dict) -> dict:
     if get_info().is_main:
-        write_json(stage_dir / "done.json", result)
+        write_json(stage_dir / layout.DONE, result)
     barrier()
     return result
 
@@ -73,7 +73,8 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     splits = stages.load_splits(cfg.data)
     rows = []
 
-    pre_dir = out_dir / "pretrain"
+    run = layout.RunLayout(out_dir)
+    pre_dir = run.pretrain
     if not (row := _done(pre_dir)):
         log.info("stage pretrain: %d training samples", len(splits.train))
         stages.train(cfg, splits, out_dir=pre_dir, section="pretrain")
@@ -85,14 +86,14 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     start_model = model
     for r in range(1, cfg.refine.rounds + 1):
         start_model = model  # what round r fine-tunes from (the ensemble's extra seeds start there too)
-        rec_dir, ft_dir = out_dir / f"record{r}", out_dir / f"refine{r}"
+        rec_dir, ft_dir = run.record(r), run.refine(r)
         if not _done(rec_dir):
             log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
-            stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=rec_dir / "losses.npz",
+            stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=run.losses(r),
                                  work_dir=rec_dir)  # fmt: skip
-            _finish(rec_dir, {"losses": f"{rec_dir.name}/losses.npz"})
+            _finish(rec_dir, {"losses": f"{rec_dir.name}/{layout.LOSSES}"})
         if not (row := _done(ft_dir)):
-            table = LossTable.load(rec_dir / "losses.npz")
+            table = LossTable.load(run.losses(r))
             refine = cfg.refine
             ids, info = select_with_info(
                 table,
@@ -103,7 +104,7 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
             )
             stats = selection_stats(table, ids) | info
             if get_info().is_main:
-                write_selection(table, ids, ft_dir / "selected.csv")
+                write_selection(table, ids, run.selected(r))
             ids = broadcast_object(ids)
             log.info("stage refine%d: fine-tune on %d selected samples %s", r, len(ids),
                      {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)})  # fmt: skip
@@ -136,7 +137,7 @@ def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, 
     if row and row.get("seeds") == cfg.ensemble.seeds and row.get("tta") == cfg.ensemble.tta:
         return row
     last = final.parent
-    ids = np.loadtxt(last / "selected.csv", delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
+    ids = np.loadtxt(last / layout.SELECTED, delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
     sub = stages.Splits(splits.train.select_ids(ids), splits.val, splits.test)
     models, names = [final], ["final"]
     for seed in cfg.ensemble.seeds:

@@ -23,7 +23,7 @@ from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, TTA_VIEWS, BatchTr
 from lossguided.engine import checkpoint
 from lossguided.engine.distributed import all_gather_objects, barrier, default_device, get_info
 from lossguided.ensemble.store import FeatureSet, FeatureWriter, open_features
-from lossguided.models import classifier_weights, create_model, pre_logits
+from lossguided.models import classifier_weights, load_model, pre_logits
 
 log = logging.getLogger("lossguided")
 
@@ -105,9 +105,7 @@ def extract_features(
     size = image_size or cfg.get("data", {}).get("image_size", 256)
     name = state.get("model_name") or cfg.get("model", {}).get("name")
     device = default_device(info)
-    model = create_model(name, num_classes=len(classes))
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
+    model, _ = load_model(state, device=device)  # the one place a checkpoint becomes a model
     weight, bias = classifier_weights(model)
     n_views = len(TTA_VIEWS[tta](torch.zeros(1, 3, 2, 2)))
     if (Path(out_dir) / "meta.json").is_file() and _is_complete(out_dir):  # finished earlier: reuse if the same
