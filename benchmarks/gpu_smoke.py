@@ -49,20 +49,30 @@ def main() -> int:
     classes = ClassMap(tuple(str(i) for i in range(k)))
     # the Trainer builds its loader from a dataset; the timed steps get device batches directly
     rng = np.random.default_rng(0)
-    m = Manifest(ids=np.arange(b), labels=rng.integers(0, k, b), classes=classes, source="gpu_smoke",
-                 images=rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8))  # fmt: skip
-    cfg = TrainConfig(epochs=args.warmup + args.steps, batch_size=b, lr=1e-4, amp=not args.no_amp,
-                      channels_last=True, flip=True)  # fmt: skip
+    m = Manifest(
+        ids=np.arange(b),
+        labels=rng.integers(0, k, b),
+        classes=classes,
+        source="gpu_smoke",
+        images=rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+    )
+    cfg = TrainConfig(
+        epochs=args.warmup + args.steps, batch_size=b, lr=1e-4, amp=not args.no_amp, channels_last=True, flip=True
+    )
     model = create_model(args.model, num_classes=k)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model, make_dataset(m, image_size=s), cfg=cfg, classes=classes, out_dir=out,
-                          device=device)  # fmt: skip
+        trainer = Trainer(model, make_dataset(m, image_size=s), cfg=cfg, classes=classes, out_dir=out, device=device)
         trainer.net.train()
         trainer.transform.train()
         gen = torch.Generator(device=device).manual_seed(0)
-        batches = [(torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device, generator=gen),
-                    torch.randint(0, k, (b,), device=device, generator=gen),
-                    torch.arange(b, device=device)) for _ in range(4)]  # fmt: skip
+        batches = [
+            (
+                torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device, generator=gen),
+                torch.randint(0, k, (b,), device=device, generator=gen),
+                torch.arange(b, device=device),
+            )
+            for _ in range(4)
+        ]
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         for i in range(args.warmup):
             loss = trainer.run_step(*batches[i % len(batches)])
@@ -78,9 +88,11 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     amp = "bf16" if cfg.amp and device.type == "cuda" else "fp32"
-    print(f"device={name} model={args.model} size={s} batch={b} classes={k} amp={amp} "
-          f"channels_last=True steps={args.steps} step_ms={1000 * elapsed / args.steps:.1f} peak_gib={peak:.1f} "
-          f"loss={loss.item():.4f}")  # fmt: skip
+    print(
+        f"device={name} model={args.model} size={s} batch={b} classes={k} amp={amp} "
+        f"channels_last=True steps={args.steps} step_ms={1000 * elapsed / args.steps:.1f} peak_gib={peak:.1f} "
+        f"loss={loss.item():.4f}"
+    )
     print(f"images_per_s={b * args.steps / elapsed:.1f}")
     return 0
 

@@ -64,12 +64,14 @@ class BaselineFolder(Dataset):
         from torchvision import transforms as T
 
         self.paths, self.labels = paths, labels
-        self.transform = T.Compose([
-            T.Resize((size, size)),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize([m / 255 for m in PAPER_MEAN], [s / 255 for s in PAPER_STD]),
-        ])  # fmt: skip
+        self.transform = T.Compose(
+            [
+                T.Resize((size, size)),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize([m / 255 for m in PAPER_MEAN], [s / 255 for s in PAPER_STD]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -104,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-side", type=int, default=600)
     p.add_argument("--max-side", type=int, default=1600)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--format", choices=["jpeg-shards", "memmap"], default="jpeg-shards",
-                   help="the preprocessed format of the last line (both are timed)")  # fmt: skip
+    p.add_argument(
+        "--format",
+        choices=["jpeg-shards", "memmap"],
+        default="jpeg-shards",
+        help="the preprocessed format of the last line (both are timed)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="passes per pipeline; the best counts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="where to write the images (default: a temporary folder, removed after)")
@@ -119,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest = read_csv(csv_path)
         size, n = args.image_size, len(manifest)
         mb = sum(os.path.getsize(p) for p in manifest.paths) / n / 1024
-        print(f"{n} JPEGs, {args.min_side}-{args.max_side} px a side, {mb:.0f} KB each; image size {size}; "
-              f"batch {args.batch_size}; 1 thread, no workers; best of {args.repeat}")  # fmt: skip
+        print(
+            f"{n} JPEGs, {args.min_side}-{args.max_side} px a side, {mb:.0f} KB each; image size {size}; "
+            f"batch {args.batch_size}; 1 thread, no workers; best of {args.repeat}"
+        )
 
         stored, prep_rate = {}, {}
         for fmt in ("jpeg-shards", "memmap"):
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline": (time_baseline, BaselineFolder(list(manifest.paths), manifest.labels.tolist(), size)),
             "decode": (time_ours, make_dataset(manifest, image_size=size)),
             **{f"preprocessed {fmt}": (time_ours, make_dataset(m, image_size=size)) for fmt, (m, _) in stored.items()},
-        }  # fmt: skip
+        }
         best = {name: float("inf") for name in pipelines}
         for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every pipeline alike
             for name, (fn, ds) in pipelines.items():
@@ -155,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decode path vs baseline pixels: mean abs diff {np.mean(diffs):.2f} of 255 (max {np.max(diffs):.2f})")
         decode_speedup = rate["decode"] / rate["baseline"]
         prep_speedup = rate[f"preprocessed {args.format}"] / rate["baseline"]
-        print(f"decode_speedup={decode_speedup:.2f} preprocessed_speedup={prep_speedup:.2f} "
-              f"bytes_per_image={stored[args.format][1]:.0f}")  # fmt: skip
+        print(
+            f"decode_speedup={decode_speedup:.2f} preprocessed_speedup={prep_speedup:.2f} "
+            f"bytes_per_image={stored[args.format][1]:.0f}"
+        )
     return 0
 
 

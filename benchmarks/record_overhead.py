@@ -36,9 +36,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k = 100
     classes = ClassMap(tuple(str(i) for i in range(k)))
-    m = Manifest(ids=np.arange(args.samples) * 7 + 3, labels=rng.integers(0, k, args.samples), classes=classes,
-                 source="bench", images=rng.integers(0, 255, (args.samples, args.image_size, args.image_size),
-                                                     dtype=np.uint8))  # fmt: skip
+    m = Manifest(
+        ids=np.arange(args.samples) * 7 + 3,
+        labels=rng.integers(0, k, args.samples),
+        classes=classes,
+        source="bench",
+        images=rng.integers(0, 255, (args.samples, args.image_size, args.image_size), dtype=np.uint8),
+    )
     ds = make_dataset(m, image_size=args.image_size)
     cfg = TrainConfig(epochs=10_000, batch_size=args.batch_size, lr=1e-4)
     trainers = {}
@@ -73,10 +77,14 @@ def main() -> None:
     share = inside["s"] / sum(cpu["on"])
     steps = len(trainers["on"].loader)
     print(f"model={args.model} size={args.image_size} batch={args.batch_size} steps/epoch={steps} pairs={args.pairs}")
-    print(f"median epoch wall off {statistics.median(wall['off']):.3f}s on {statistics.median(wall['on']):.3f}s; "
-          f"cpu off {statistics.median(cpu['off']):.3f}s on {statistics.median(cpu['on']):.3f}s")  # fmt: skip
-    print(f"paired ratios: wall {wall_ratio:.4f}, cpu {cpu_ratio:.4f}; recorder's own share of the epoch cpu time "
-          f"{100 * share:.3f}%")  # fmt: skip
+    print(
+        f"median epoch wall off {statistics.median(wall['off']):.3f}s on {statistics.median(wall['on']):.3f}s; "
+        f"cpu off {statistics.median(cpu['off']):.3f}s on {statistics.median(cpu['on']):.3f}s"
+    )
+    print(
+        f"paired ratios: wall {wall_ratio:.4f}, cpu {cpu_ratio:.4f}; recorder's own share of the epoch cpu time "
+        f"{100 * share:.3f}%"
+    )
     # The recorder's own time is the overhead; the paired ratios bound it when the machine is quiet.
     print(f"overhead_pct={100 * share:.3f} paired_cpu_overhead_pct={100 * (cpu_ratio - 1):.2f}")
 

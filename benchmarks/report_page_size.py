@@ -24,8 +24,11 @@ def main() -> None:
     p.add_argument("--thumb-size", type=int, default=48)
     p.add_argument("--out", help="also write the page here (open it in a browser to try it)")
     a = p.parse_args()
-    opts = ReportOptions(thumbs_per_class=a.thumbs_per_class, thumb_size=a.thumb_size,
-                         max_classes=None if a.max_classes == "all" else int(a.max_classes))  # fmt: skip
+    opts = ReportOptions(
+        thumbs_per_class=a.thumbs_per_class,
+        thumb_size=a.thumb_size,
+        max_classes=None if a.max_classes == "all" else int(a.max_classes),
+    )
     print(json.dumps(measure_page_size(a.classes, samples_per_class=a.samples_per_class, options=opts, out=a.out)))
 
 

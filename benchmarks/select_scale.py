@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"lexsort((losses, labels)): {t_lexsort * 1e3:.1f} ms (best of {args.repeat})")
     print(f"select, bands {' '.join(BANDS)}: {t_select * 1e3:.1f} ms (best of {args.repeat})")
-    print(f"select peak memory: {peak_mib:.0f} MiB (tracemalloc); process max RSS {rss_after:.0f} MiB "
-          f"({rss_before:.0f} MiB before any select or lexsort)")  # fmt: skip
+    print(
+        f"select peak memory: {peak_mib:.0f} MiB (tracemalloc); process max RSS {rss_after:.0f} MiB "
+        f"({rss_before:.0f} MiB before any select or lexsort)"
+    )
     print(f"ratio={t_select / t_lexsort:.3f}")
     return 0
 

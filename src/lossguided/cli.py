@@ -18,17 +18,34 @@ log = logging.getLogger("lossguided")
 
 # flag dest -> dotted config key; a flag left unset leaves the recipe's value alone
 DATA_FLAGS = {
-    "train": "data.train", "val": "data.val", "test": "data.test", "image_size": "data.image_size",
-    "data_dir": "data.data_dir", "imbalance_ratio": "data.imbalance_ratio", "noise_rate": "data.noise_rate",
-    "noise_kind": "data.noise_kind", "data_seed": "data.data_seed", "train_limit": "data.train_limit",
-    "workers": "data.workers", "skip_bad_images": "data.skip_bad_images", "confine_paths": "data.confine_paths",
-}  # fmt: skip
+    "train": "data.train",
+    "val": "data.val",
+    "test": "data.test",
+    "image_size": "data.image_size",
+    "data_dir": "data.data_dir",
+    "imbalance_ratio": "data.imbalance_ratio",
+    "noise_rate": "data.noise_rate",
+    "noise_kind": "data.noise_kind",
+    "data_seed": "data.data_seed",
+    "train_limit": "data.train_limit",
+    "workers": "data.workers",
+    "skip_bad_images": "data.skip_bad_images",
+    "confine_paths": "data.confine_paths",
+}
 MODEL_FLAGS = {"model": "model.name", "pretrained": "model.pretrained", "pretrained_path": "model.pretrained_path"}
 TRAIN_FLAGS = {
-    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "smoothing": "smoothing",
-    "flip": "flip", "patience": "patience", "seed": "seed", "weight_decay": "weight_decay",
-    "save_every_steps": "save_every_steps", "randaugment": "randaugment",
-}  # fmt: skip
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "smoothing": "smoothing",
+    "flip": "flip",
+    "patience": "patience",
+    "seed": "seed",
+    "weight_decay": "weight_decay",
+    "save_every_steps": "save_every_steps",
+    "randaugment": "randaugment",
+}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -163,16 +180,25 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 def _add_config(p: argparse.ArgumentParser, *, positional_recipe: bool = False) -> None:
     if positional_recipe:
-        p.add_argument("recipe", nargs="?", default="cpu-small",
-                       help=f"recipe YAML or shipped name {config_mod.list_recipes()} (default cpu-small)")  # fmt: skip
+        p.add_argument(
+            "recipe",
+            nargs="?",
+            default="cpu-small",
+            help=f"recipe YAML or shipped name {config_mod.list_recipes()} (default cpu-small)",
+        )
     else:
         p.add_argument(
             "--preset",
             help=f"start from a recipe: a YAML file or one of {config_mod.list_recipes()} (default: none, the "
             "built-in defaults)",
         )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set finetune.lr=3e-4 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set finetune.lr=3e-4 (repeatable)",
+    )
 
 
 def _resolve(args: argparse.Namespace, *, section: str | None = "pretrain") -> config_mod.RecipeConfig:
@@ -205,10 +231,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with runlock.hold(out, enabled=get_info().is_main):  # before config.yaml: a second run must not overwrite it
         _save_config(cfg, out)
-        result = stages.train(cfg, splits, out_dir=out, section=section, init_from=args.init_from,
-                              resume=not args.no_resume)  # fmt: skip
-    print(json.dumps({"out": str(out), "epochs": result.epochs_done, "best_val_mean_top1_error": result.best_val_error,
-                      "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from}))  # fmt: skip
+        result = stages.train(
+            cfg, splits, out_dir=out, section=section, init_from=args.init_from, resume=not args.no_resume
+        )
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "epochs": result.epochs_done,
+                "best_val_mean_top1_error": result.best_val_error,
+                "stopped_early": result.stopped_early,
+                "resumed_from_epoch": result.resumed_from,
+            }
+        )
+    )
     return 0
 
 
@@ -231,8 +267,15 @@ def cmd_losses(args: argparse.Namespace) -> int:
     cfg = config_mod.merge(cfg, overrides)
     train = stages.load_splits(cfg.data, classes=checkpoint.classes_of(state)).train
     work = layout.record_work_dir(args.out)
-    table = stages.record_losses(cfg, train, checkpoint_path=args.checkpoint, out_path=args.out, work_dir=work,
-                                 resume=not args.no_resume, pred_probs_path=args.pred_probs)  # fmt: skip
+    table = stages.record_losses(
+        cfg,
+        train,
+        checkpoint_path=args.checkpoint,
+        out_path=args.out,
+        work_dir=work,
+        resume=not args.no_resume,
+        pred_probs_path=args.pred_probs,
+    )
     summary = {"out": args.out, "samples": len(table), "mean_loss": float(table.losses.mean())}
     if args.pred_probs:
         summary["pred_probs"] = args.pred_probs
@@ -290,8 +333,14 @@ def _device() -> str:
 def cmd_select(args: argparse.Namespace) -> int:
     from lossguided.refine.apply import select_to_manifest
 
-    summary = select_to_manifest(args.losses, args.out, bands=args.bands, drop_loss_above=args.drop_loss_above,
-                                 drop_quantile=args.drop_quantile, per_class=args.per_class)  # fmt: skip
+    summary = select_to_manifest(
+        args.losses,
+        args.out,
+        bands=args.bands,
+        drop_loss_above=args.drop_loss_above,
+        drop_quantile=args.drop_quantile,
+        per_class=args.per_class,
+    )
     print(json.dumps(summary))
     return 0
 
@@ -305,13 +354,26 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     if args.format == "webdataset":
         from lossguided.data.webdataset import write_webdataset
 
-        summary = write_webdataset(manifest, args.out, image_size=args.image_size, quality=args.quality,
-                                   shard_size=args.shard_size, workers=workers,
-                                   skip_bad_images=args.skip_bad_images)  # fmt: skip
+        summary = write_webdataset(
+            manifest,
+            args.out,
+            image_size=args.image_size,
+            quality=args.quality,
+            shard_size=args.shard_size,
+            workers=workers,
+            skip_bad_images=args.skip_bad_images,
+        )
     else:
-        summary = preprocess(manifest, args.out, image_size=args.image_size, storage=args.format,
-                             quality=args.quality, shard_size=args.shard_size, workers=workers,
-                             skip_bad_images=args.skip_bad_images)  # fmt: skip
+        summary = preprocess(
+            manifest,
+            args.out,
+            image_size=args.image_size,
+            storage=args.format,
+            quality=args.quality,
+            shard_size=args.shard_size,
+            workers=workers,
+            skip_bad_images=args.skip_bad_images,
+        )
     print(json.dumps(summary))
     return 0
 
@@ -324,10 +386,21 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     state = checkpoint.load(args.checkpoint)
     cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
-    manifest = load_manifest(args.data, split="test", classes=checkpoint.classes_of(state),
-                             fashion_mnist_options=stages.fashion_mnist_options(cfg.data))  # fmt: skip
-    fs = extract_features(args.checkpoint, manifest, args.out, tta=args.tta, dtype=args.dtype,
-                          image_size=args.image_size, batch_size=args.batch_size)  # fmt: skip
+    manifest = load_manifest(
+        args.data,
+        split="test",
+        classes=checkpoint.classes_of(state),
+        fashion_mnist_options=stages.fashion_mnist_options(cfg.data),
+    )
+    fs = extract_features(
+        args.checkpoint,
+        manifest,
+        args.out,
+        tta=args.tta,
+        dtype=args.dtype,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+    )
     print(json.dumps({"out": str(args.out), "rows": fs.n_rows, "dim": fs.dim, "n_views": fs.n_views}))
     return 0
 
@@ -390,8 +463,13 @@ def cmd_eda(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lossguided.report.html import ReportOptions, write_report
 
-    opts = ReportOptions(thumbs_per_class=args.thumbs_per_class, max_classes=args.max_classes,
-                         thumb_size=args.thumb_size, page_size=args.page_size, workers=args.workers)  # fmt: skip
+    opts = ReportOptions(
+        thumbs_per_class=args.thumbs_per_class,
+        max_classes=args.max_classes,
+        thumb_size=args.thumb_size,
+        page_size=args.page_size,
+        workers=args.workers,
+    )
     summary = write_report(args.run_dir, args.out, opts, round=args.round)
     print(json.dumps({**summary, "mib": round(summary["bytes"] / 2**20, 2)}))
     return 0
@@ -446,49 +524,66 @@ def _add_see_data(sub) -> None:
         f.add_argument("--data-seed", type=int, help="seed of the long tail and the noise (default 0)")
         f.add_argument("--train-limit", type=int, help="keep only this many training samples (default: all)")
 
-    p = sub.add_parser("eda", help="look at a manifest: class frequencies, image sizes, duplicates, missing images",
-                       description="Writes OUT/eda.json (the numbers), OUT/class_frequency.png (sorted counts, log "
-                       "scale, head/tail shares), OUT/image_sizes.png (width/height/aspect from image headers), "
-                       "OUT/class_counts.csv, OUT/duplicates.csv (identical file contents) and OUT/missing.csv "
-                       "(images missing or unreadable), and prints a short summary.")  # fmt: skip
-    p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
-                   "'fashion-mnist[:split]'")  # fmt: skip
+    p = sub.add_parser(
+        "eda",
+        help="look at a manifest: class frequencies, image sizes, duplicates, missing images",
+        description="Writes OUT/eda.json (the numbers), OUT/class_frequency.png (sorted counts, log "
+        "scale, head/tail shares), OUT/image_sizes.png (width/height/aspect from image headers), "
+        "OUT/class_counts.csv, OUT/duplicates.csv (identical file contents) and OUT/missing.csv "
+        "(images missing or unreadable), and prints a short summary.",
+    )
+    p.add_argument(
+        "manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or 'fashion-mnist[:split]'"
+    )
     p.add_argument("--out", "--output", required=True, help="output folder")
     p.add_argument("--workers", type=_positive, default=8, help="threads reading image files (default 8)")
     p.add_argument("--listed", type=_positive, default=10, help="smallest/largest classes and examples listed")
     fashion_mnist_group(p)
     p.set_defaults(func=cmd_eda)
 
-    p = sub.add_parser("report", help="one self-contained HTML page of a run: stages, curves, losses, suspects",
-                       description="Writes one static HTML file (thumbnails inline, no network): the stages table, "
-                       "learning curves, the loss histogram with the drop threshold, and per class (worst first, "
-                       "searchable, paged) the highest-loss samples beside the selected lowest-loss ones. An "
-                       "unfinished run gives a page that says what is missing. Prints the page size.")  # fmt: skip
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of a run: stages, curves, losses, suspects",
+        description="Writes one static HTML file (thumbnails inline, no network): the stages table, "
+        "learning curves, the loss histogram with the drop threshold, and per class (worst first, "
+        "searchable, paged) the highest-loss samples beside the selected lowest-loss ones. An "
+        "unfinished run gives a page that says what is missing. Prints the page size.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of `lossguided run`")
     p.add_argument("--out", "--output", required=True, help="HTML file to write")
     p.add_argument("--round", type=_positive, default=1, help="refinement round to show (record<R>, refine<R>)")
     p.add_argument("--thumbs-per-class", type=_positive, default=6, help="suspects per class, and as many selected")
-    p.add_argument("--max-classes", type=_count_or_all, default=500,
-                   help="worst classes that get thumbnails, or 'all' (default 500; ~10 KB a class)")  # fmt: skip
+    p.add_argument(
+        "--max-classes",
+        type=_count_or_all,
+        default=500,
+        help="worst classes that get thumbnails, or 'all' (default 500; ~10 KB a class)",
+    )
     p.add_argument("--thumb-size", type=_positive, default=48, help="thumbnail size in px (default 48)")
     p.add_argument("--page-size", type=_positive, default=50, help="classes per page in the browser")
     p.add_argument("--workers", type=_positive, default=4, help="threads reading images")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("suspects", help="rank the samples most likely to be mislabelled (highest loss first)",
-                       description="Writes a CSV (rank, id, path, label, predicted, loss, rank_in_class, class_size"
-                       "[, true_label], corrected_label). Fill in corrected_label (a class name; DROP removes the "
-                       "sample; empty keeps it) and pass the file to `lossguided relabel`.")  # fmt: skip
+    p = sub.add_parser(
+        "suspects",
+        help="rank the samples most likely to be mislabelled (highest loss first)",
+        description="Writes a CSV (rank, id, path, label, predicted, loss, rank_in_class, class_size"
+        "[, true_label], corrected_label). Fill in corrected_label (a class name; DROP removes the "
+        "sample; empty keeps it) and pass the file to `lossguided relabel`.",
+    )
     p.add_argument("losses", metavar="LOSSES", help="loss table (.npz), e.g. RUN/record1/losses.npz")
     p.add_argument("--out", "--output", required=True, help="CSV to write")
     p.add_argument("--top", type=_positive, help="keep only the N highest losses overall (default: all)")
     p.add_argument("--per-class", type=_positive, help="keep at most N per class (its highest losses) (default: all)")
     p.set_defaults(func=cmd_suspects)
 
-    p = sub.add_parser("relabel", help="apply a corrected suspects CSV to a manifest: a new training manifest",
-                       description="Reads MANIFEST and the corrections (id and corrected_label columns: a class "
-                       "name relabels, DROP removes, empty keeps) and writes id,path,label for --train. Errors "
-                       "name the file and row.")  # fmt: skip
+    p = sub.add_parser(
+        "relabel",
+        help="apply a corrected suspects CSV to a manifest: a new training manifest",
+        description="Reads MANIFEST and the corrections (id and corrected_label columns: a class "
+        "name relabels, DROP removes, empty keeps) and writes id,path,label for --train. Errors "
+        "name the file and row.",
+    )
     p.add_argument("manifest", metavar="MANIFEST", help="the training manifest the suspects came from")
     p.add_argument("--corrections", required=True, help="the edited CSV of `lossguided suspects`")
     p.add_argument(
@@ -518,9 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="pre-train (stage 1), or fine-tune with --init-from",
-                       description="Train a timm model; writes OUT/last.pt, OUT/best.pt, OUT/metrics.jsonl, "
-                       "OUT/config.yaml. Rerunning the same command resumes from OUT/last.pt.")  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="pre-train (stage 1), or fine-tune with --init-from",
+        description="Train a timm model; writes OUT/last.pt, OUT/best.pt, OUT/metrics.jsonl, "
+        "OUT/config.yaml. Rerunning the same command resumes from OUT/last.pt.",
+    )
     _add_data(p, train_required=True)
     _add_model(p)
     _add_train(p)
@@ -570,9 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start the recording over even if it was interrupted")
     p.set_defaults(func=cmd_losses)
 
-    p = sub.add_parser("evaluate", help="mean top-1 error of a checkpoint on a labelled manifest",
-                       description="Print the metrics JSON: mean_top1_error (per class, then averaged), "
-                       "top1_error (per image) and per_class_error.")  # fmt: skip
+    p = sub.add_parser(
+        "evaluate",
+        help="mean top-1 error of a checkpoint on a labelled manifest",
+        description="Print the metrics JSON: mean_top1_error (per class, then averaged), "
+        "top1_error (per image) and per_class_error.",
+    )
     p.add_argument("--checkpoint", required=True, help="a lossguided checkpoint (best.pt, last.pt)")
     p.add_argument("--test", required=True, help="labelled manifest, or 'fashion-mnist' (its test split)")
     p.add_argument("--image-size", "--img-size", type=int, help="input size (default: the checkpoint's)")
@@ -594,29 +695,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("select", help="stage 2: pick the clean, balanced list from a loss table",
-                       description="Drop high-loss samples, then keep each class's rank bands by loss; writes a "
-                       "manifest (id,path,label) and OUT.summary.csv with per-class counts.")  # fmt: skip
+    p = sub.add_parser(
+        "select",
+        help="stage 2: pick the clean, balanced list from a loss table",
+        description="Drop high-loss samples, then keep each class's rank bands by loss; writes a "
+        "manifest (id,path,label) and OUT.summary.csv with per-class counts.",
+    )
     p.add_argument("losses", help="loss table (.npz) from `lossguided losses`")
     p.add_argument("--bands", nargs="+", default=["1-5"], help="rank bands united: 1-5 6-10 11-15 median, or a-b")
-    p.add_argument("--drop-loss-above", type=_threshold_arg, default=9.0,
-                   help="nats (paper: 9), or 'auto': a threshold per class from a two-component mixture of the "
-                   "losses, no true labels needed")  # fmt: skip
+    p.add_argument(
+        "--drop-loss-above",
+        type=_threshold_arg,
+        default=9.0,
+        help="nats (paper: 9), or 'auto': a threshold per class from a two-component mixture of the "
+        "losses, no true labels needed",
+    )
     p.add_argument("--drop-quantile", type=float, help="also drop this top share by loss, e.g. 0.03 (default: none)")
     p.add_argument("--per-class", type=int, help="width of the median band (default: 5)")
     p.add_argument("--out", "--output", required=True, help="selected manifest (.csv)")
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("preprocess", help="decode and resize a data set once, for fast training input",
-                       description="Write MANIFEST's images, decoded and resized to --image-size, into OUT with their "
-                       "ids, labels and class map; `--train/--val/--test OUT` then read it instead of decoding. "
-                       "jpeg-shards (default): S x S JPEGs in large shard files, ~20 KB an image at 256, for large "
-                       "sets; memmap: raw uint8 pixels, exact and fastest, S*S*3 bytes an image, for small sets; "
-                       "webdataset: WebDataset .tar shards (<id>.jpg/.cls/.json, classes.json, an offsets index "
-                       "each) that other tools read too. Resumable (jpeg-shards, memmap): rerun the same command "
-                       "after an interruption.")  # fmt: skip
-    p.add_argument("manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or "
-                   "'fashion-mnist[:split]'")  # fmt: skip
+    p = sub.add_parser(
+        "preprocess",
+        help="decode and resize a data set once, for fast training input",
+        description="Write MANIFEST's images, decoded and resized to --image-size, into OUT with their "
+        "ids, labels and class map; `--train/--val/--test OUT` then read it instead of decoding. "
+        "jpeg-shards (default): S x S JPEGs in large shard files, ~20 KB an image at 256, for large "
+        "sets; memmap: raw uint8 pixels, exact and fastest, S*S*3 bytes an image, for small sets; "
+        "webdataset: WebDataset .tar shards (<id>.jpg/.cls/.json, classes.json, an offsets index "
+        "each) that other tools read too. Resumable (jpeg-shards, memmap): rerun the same command "
+        "after an interruption.",
+    )
+    p.add_argument(
+        "manifest", metavar="MANIFEST", help="CSV (path,label[,id]), ImageFolder root or 'fashion-mnist[:split]'"
+    )
     p.add_argument(
         "--out", "--output", required=True, help="output folder (new or empty, or an unfinished one to resume)"
     )
@@ -625,28 +737,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of jpeg-shards (default 90)")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per shard / resumable unit")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out images that cannot be decoded and list them in OUT/bad_images.csv")  # fmt: skip
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be decoded and list them in OUT/bad_images.csv",
+    )
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("features", help="save pre-classifier features (summed over TTA views) for ensembling",
-                       description="Extract every image's pre-classifier features, summed over the test-time "
-                       "augmented views, into OUT (features.npy memmap, ids.npy, head.npz, meta.json). "
-                       "Rerunning continues an interrupted extraction from its last finished chunk.")  # fmt: skip
+    p = sub.add_parser(
+        "features",
+        help="save pre-classifier features (summed over TTA views) for ensembling",
+        description="Extract every image's pre-classifier features, summed over the test-time "
+        "augmented views, into OUT (features.npy memmap, ids.npy, head.npz, meta.json). "
+        "Rerunning continues an interrupted extraction from its last finished chunk.",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="manifest to extract (or 'fashion-mnist': its test split)")
     p.add_argument("--out", "--output", required=True, help="feature directory")
-    p.add_argument("--tta", choices=["none", "hflip", "dihedral8"], default="hflip",
-                   help="test-time views whose features are summed (paper: hflip)")  # fmt: skip
+    p.add_argument(
+        "--tta",
+        choices=["none", "hflip", "dihedral8"],
+        default="hflip",
+        help="test-time views whose features are summed (paper: hflip)",
+    )
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's")
     p.add_argument("--batch-size", type=_positive, default=128)
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("ensemble", help="combine feature directories of several models into predictions",
-                       description="Sum the models' logits (features @ W.T / views + b), streamed over rows and "
-                       "classes, never holding N x K logits; writes id,prediction[,top2..]. With --test, prints "
-                       "the same metrics JSON as `evaluate`.")  # fmt: skip
+    p = sub.add_parser(
+        "ensemble",
+        help="combine feature directories of several models into predictions",
+        description="Sum the models' logits (features @ W.T / views + b), streamed over rows and "
+        "classes, never holding N x K logits; writes id,prediction[,top2..]. With --test, prints "
+        "the same metrics JSON as `evaluate`.",
+    )
     p.add_argument("dirs", nargs="+", help="feature directories from `lossguided features`")
     p.add_argument("--out", "--output", required=True, help="predictions CSV")
     p.add_argument("--top-k", type=_positive, default=1, help="classes per row (at most the class count)")
@@ -654,9 +779,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="fp32 scan instead of the bf16 scan + exact rescoring")
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("run", help="the whole recipe: pre-train, record, select, fine-tune, repeat",
-                       description="Runs every stage into OUT/<stage>/ and writes OUT/metrics.json; rerunning "
-                       "skips finished stages and resumes an interrupted one.")  # fmt: skip
+    p = sub.add_parser(
+        "run",
+        help="the whole recipe: pre-train, record, select, fine-tune, repeat",
+        description="Runs every stage into OUT/<stage>/ and writes OUT/metrics.json; rerunning "
+        "skips finished stages and resumes an interrupted one.",
+    )
     _add_config(p, positional_recipe=True)
     _add_data(p, where="the recipe's; cpu-small:", defaults=config_mod.load("cpu-small"))
     _add_model(p, where="the recipe's; cpu-small:", defaults=config_mod.load("cpu-small"))
@@ -692,8 +820,9 @@ def _threshold_arg(text: str) -> float | str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+    )
     from lossguided.data.manifest import DataError, one_line_message
     from lossguided.engine.checkpoint import CheckpointError
     from lossguided.engine.distributed import init_distributed, shutdown

@@ -131,8 +131,10 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or (self.lr or 0) < 0:
-            raise ConfigError(f"record: epochs and batch_size must be >= 1 and lr >= 0, got {self.epochs}, "
-                              f"{self.batch_size}, {self.lr}")  # fmt: skip
+            raise ConfigError(
+                f"record: epochs and batch_size must be >= 1 and lr >= 0, got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}"
+            )
         if self.lr is not None and not math.isfinite(self.lr):
             raise ConfigError(f"record.lr must be a finite number >= 0, got {self.lr}")
 

@@ -38,8 +38,9 @@ def _test_row(name: str, ckpt: Path, splits: stages.Splits, cfg: RecipeConfig, e
     row = {"name": name, "checkpoint": f"{ckpt.parent.name}/{ckpt.name}", **extra}  # relative: the folder can move
     for split_name, manifest in (("val", splits.val), ("test", splits.test)):
         if manifest is not None:
-            m = stages.evaluate_checkpoint(ckpt, manifest, image_size=cfg.data.image_size,
-                                           loader_kw=stages.loader_kwargs(cfg.data))  # fmt: skip
+            m = stages.evaluate_checkpoint(
+                ckpt, manifest, image_size=cfg.data.image_size, loader_kw=stages.loader_kwargs(cfg.data)
+            )
             row[f"{split_name}_mean_top1_error"] = m["mean_top1_error"]
             row[f"{split_name}_top1_error"] = m["top1_error"]
     return row
@@ -55,8 +56,10 @@ def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
         for section, name in (key.split(".") for key in RUNTIME_FIELDS):  # may differ on another machine
             before[section][name] = now[section][name]
         if before != now:
-            raise ConfigError(f"{out_dir}: holds a run with other settings ({differences(before, now)}); "
-                              "use a new --out or the same settings")  # fmt: skip
+            raise ConfigError(
+                f"{out_dir}: holds a run with other settings ({differences(before, now)}); "
+                "use a new --out or the same settings"
+            )
 
 
 def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
@@ -78,8 +81,9 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     if not (row := _done(pre_dir)):
         log.info("stage pretrain: %d training samples", len(splits.train))
         stages.train(cfg, splits, out_dir=pre_dir, section="pretrain")
-        row = _finish(pre_dir, _test_row("pretrain", pre_dir / "best.pt", splits, cfg,
-                                         {"train_samples": len(splits.train)}))  # fmt: skip
+        row = _finish(
+            pre_dir, _test_row("pretrain", pre_dir / "best.pt", splits, cfg, {"train_samples": len(splits.train)})
+        )
     rows.append(row)
     model = out_dir / row["checkpoint"]
 
@@ -89,8 +93,7 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
         rec_dir, ft_dir = run.record(r), run.refine(r)
         if not _done(rec_dir):
             log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
-            stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=run.losses(r),
-                                 work_dir=rec_dir)  # fmt: skip
+            stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=run.losses(r), work_dir=rec_dir)
             _finish(rec_dir, {"losses": f"{rec_dir.name}/{layout.LOSSES}"})
         if not (row := _done(ft_dir)):
             table = LossTable.load(run.losses(r))
@@ -106,12 +109,17 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
             if get_info().is_main:
                 write_selection(table, ids, run.selected(r))
             ids = broadcast_object(ids)
-            log.info("stage refine%d: fine-tune on %d selected samples %s", r, len(ids),
-                     {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)})  # fmt: skip
+            log.info(
+                "stage refine%d: fine-tune on %d selected samples %s",
+                r,
+                len(ids),
+                {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)},
+            )
             sub = stages.Splits(splits.train.select_ids(np.asarray(ids)), splits.val, splits.test)
             stages.train(cfg, sub, out_dir=ft_dir, section="finetune", init_from=model)
-            row = _finish(ft_dir, _test_row(f"refine{r}", ft_dir / "best.pt", splits, cfg,
-                                            {"train_samples": len(ids), **stats}))  # fmt: skip
+            row = _finish(
+                ft_dir, _test_row(f"refine{r}", ft_dir / "best.pt", splits, cfg, {"train_samples": len(ids), **stats})
+            )
         rows.append(row)
         model = out_dir / row["checkpoint"]
 
@@ -123,8 +131,7 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     return metrics
 
 
-def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, start_model: Path,
-                    final: Path) -> dict:  # fmt: skip
+def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, start_model: Path, final: Path) -> dict:
     """The last fine-tune again with each extra seed, then all of them combined through their saved features
     (summed over the TTA views) on val and test: Table 2's "+ 3 models ensemble". With tta 'auto' the views
     (none or hflip) are the ones with the lower val error: a model trained mostly without flips may not be
@@ -164,12 +171,16 @@ def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, 
             val = {t: combined("val", splits.val, t) for t in ("none", "hflip")}
             tta = min(val, key=lambda t: (val[t]["mean_top1_error"], t != "hflip"))  # a tie keeps the paper's
             row["val_mean_top1_error_by_tta"] = {t: v["mean_top1_error"] for t, v in val.items()}
-            log.info("stage ensemble: val mean top-1 error by TTA %s: using %s", row["val_mean_top1_error_by_tta"],
-                     tta)  # fmt: skip
+            log.info("stage ensemble: val mean top-1 error by TTA %s: using %s", row["val_mean_top1_error_by_tta"], tta)
     chosen = " chosen on val" if cfg.ensemble.tta == "auto" and splits.val is not None else ""
-    row |= {"name": f"ensemble ({len(models)} models, {tta} TTA{chosen})", "train_samples": len(ids),
-            "models": [str(m.relative_to(out_dir)) for m in models], "seeds": list(cfg.ensemble.seeds),
-            "tta": cfg.ensemble.tta, "tta_used": tta}  # fmt: skip
+    row |= {
+        "name": f"ensemble ({len(models)} models, {tta} TTA{chosen})",
+        "train_samples": len(ids),
+        "models": [str(m.relative_to(out_dir)) for m in models],
+        "seeds": list(cfg.ensemble.seeds),
+        "tta": cfg.ensemble.tta,
+        "tta_used": tta,
+    }
     for split_name, manifest in (("val", splits.val), ("test", splits.test)):
         if manifest is not None:
             m = combined(split_name, manifest, tta)
@@ -180,11 +191,15 @@ def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, 
 
 def format_table(metrics: dict) -> str:
     """Markdown table like the paper's Table 2: one row per stage."""
-    lines = ["| stage | train samples | purity | val mean top-1 err | test mean top-1 err | test top-1 err |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| stage | train samples | purity | val mean top-1 err | test mean top-1 err | test top-1 err |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     fmt = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     for s in metrics["stages"]:
-        lines.append(f"| {s['name']} | {s.get('train_samples', '-')} | {fmt(s.get('purity'))} | "
-                     f"{fmt(s.get('val_mean_top1_error'))} | {fmt(s.get('test_mean_top1_error'))} | "
-                     f"{fmt(s.get('test_top1_error'))} |")  # fmt: skip
+        lines.append(
+            f"| {s['name']} | {s.get('train_samples', '-')} | {fmt(s.get('purity'))} | "
+            f"{fmt(s.get('val_mean_top1_error'))} | {fmt(s.get('test_mean_top1_error'))} | "
+            f"{fmt(s.get('test_top1_error'))} |"
+        )
     return "\n".join(lines)

@@ -50,8 +50,9 @@ def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train
     """Read train/val/test; val and test are encoded with the training class map, and every image file is decoded
     once now, so bad input stops the run before any training (or, with data.skip_bad_images, is left out)."""
     opts = fashion_mnist_options(data)
-    train = load_manifest(data.train, split="train", classes=classes, fashion_mnist_options=opts) if need_train \
-        else None  # fmt: skip
+    train = (
+        load_manifest(data.train, split="train", classes=classes, fashion_mnist_options=opts) if need_train else None
+    )
     classes = classes or train.classes
     val_spec = data.val or default_split_spec(data.train, "val")
     test_spec = data.test or default_split_spec(data.train, "test")
@@ -68,16 +69,24 @@ def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train
 
 
 def loader_kwargs(data: DataConfig) -> dict:
-    return {"workers": data.workers, "pin_memory": data.pin_memory, "persistent_workers": data.persistent_workers,
-            "prefetch_factor": data.prefetch_factor}  # fmt: skip
+    return {
+        "workers": data.workers,
+        "pin_memory": data.pin_memory,
+        "persistent_workers": data.persistent_workers,
+        "prefetch_factor": data.prefetch_factor,
+    }
 
 
 def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path | None = None) -> nn.Module:
     """A fresh timm model, or one initialized from a lossguided checkpoint of the same class map."""
     pretrained = cfg.model.pretrained and init_from is None
     try:
-        model = create_model(cfg.model.name, num_classes=len(classes), pretrained=pretrained,
-                             pretrained_path=cfg.model.pretrained_path if init_from is None else None)  # fmt: skip
+        model = create_model(
+            cfg.model.name,
+            num_classes=len(classes),
+            pretrained=pretrained,
+            pretrained_path=cfg.model.pretrained_path if init_from is None else None,
+        )
     except Exception as e:  # noqa: BLE001 - a weights file can fail in many libraries' ways; name it in one line
         path = cfg.model.pretrained_path if init_from is None else None
         if path is not None:
@@ -105,8 +114,9 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
 OPTIONAL_SETTINGS = ("randaugment",)  # training options added later, None when off
 
 
-def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_from: str | Path | None,
-            update: bool = True) -> dict:  # fmt: skip
+def run_key(
+    cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_from: str | Path | None, update: bool = True
+) -> dict:
     """What makes a training run this run: the model, the training settings (epochs and patience may grow), the
     training samples and labels, the starting checkpoint's bytes. A folder is only resumed under the same key."""
     data = hashlib.sha256(np.ascontiguousarray(train_set.ids, dtype=np.int64).tobytes())
@@ -121,12 +131,25 @@ def run_key(cfg: RecipeConfig, tcfg: TrainConfig, train_set: Manifest, *, init_f
         if settings.get(k) is None:
             settings.pop(k, None)
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if not (k in ("mean", "std") and v is None)}
-    return {"model": model, "training settings": settings, "image size": cfg.data.image_size,
-            "training data": data.hexdigest(), "starting checkpoint": start, "updates": update}  # fmt: skip
+    return {
+        "model": model,
+        "training settings": settings,
+        "image size": cfg.data.image_size,
+        "training data": data.hexdigest(),
+        "starting checkpoint": start,
+        "updates": update,
+    }
 
 
-def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: str = "pretrain",
-          init_from: str | Path | None = None, resume: bool = True) -> FitResult:  # fmt: skip
+def train(
+    cfg: RecipeConfig,
+    splits: Splits,
+    *,
+    out_dir: str | Path,
+    section: str = "pretrain",
+    init_from: str | Path | None = None,
+    resume: bool = True,
+) -> FitResult:
     """Pre-train (section 'pretrain') or fine-tune ('finetune', usually with init_from) into out_dir."""
     tcfg: TrainConfig = getattr(cfg, section)
     seed_everything(tcfg.seed)
@@ -134,11 +157,16 @@ def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: st
     size = cfg.data.image_size
     train_set = with_randaugment(make_dataset(splits.train, image_size=size), tcfg.randaugment, image_size=size)
     trainer = Trainer(
-        model, train_set, cfg=tcfg, classes=splits.classes, out_dir=out_dir,
-        run_config=to_dict(cfg), run_key=run_key(cfg, tcfg, splits.train, init_from=init_from),
+        model,
+        train_set,
+        cfg=tcfg,
+        classes=splits.classes,
+        out_dir=out_dir,
+        run_config=to_dict(cfg),
+        run_key=run_key(cfg, tcfg, splits.train, init_from=init_from),
         val_set=make_dataset(splits.val, image_size=size) if splits.val else None,
         loader_kwargs=loader_kwargs(cfg.data),
-    )  # fmt: skip
+    )
     if splits.bad_images and trainer.info.is_main:
         write_bad_images(Path(out_dir) / "bad_images.csv", splits.bad_images)
     return trainer.fit(resume=resume)
@@ -147,9 +175,16 @@ def train(cfg: RecipeConfig, splits: Splits, *, out_dir: str | Path, section: st
 PRED_PROBS_MAX_CLASSES = 1000  # an [N, K] float16 matrix beyond this is too big to be a by-product
 
 
-def record_losses(cfg: RecipeConfig, train_set: Manifest, *, checkpoint_path: str | Path, out_path: str | Path,
-                  work_dir: str | Path | None = None, resume: bool = True,
-                  pred_probs_path: str | Path | None = None) -> LossTable:  # fmt: skip
+def record_losses(
+    cfg: RecipeConfig,
+    train_set: Manifest,
+    *,
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    work_dir: str | Path | None = None,
+    resume: bool = True,
+    pred_probs_path: str | Path | None = None,
+) -> LossTable:
     """The paper's recording: fine-tune once more on all the training data (cfg.record.epochs at cfg.record.lr,
     default the pre-training lr) and average each sample's loss over those epochs. lr 0 records without updates.
     With `pred_probs_path` (K <= 1,000) the last epoch's softmax of every sample is also written there: an [N, K]
@@ -205,17 +240,32 @@ def _record(
 ) -> LossTable:
     rec = cfg.record
     lr = cfg.pretrain.lr if rec.lr is None else rec.lr
-    tcfg = dataclasses.replace(cfg.pretrain, epochs=rec.epochs, lr=max(lr, 1e-12), patience=None, flip=False,
-                               randaugment=None, smoothing=0.0,
-                               batch_size=rec.batch_size or cfg.pretrain.batch_size)  # fmt: skip
+    tcfg = dataclasses.replace(
+        cfg.pretrain,
+        epochs=rec.epochs,
+        lr=max(lr, 1e-12),
+        patience=None,
+        flip=False,
+        randaugment=None,
+        smoothing=0.0,
+        batch_size=rec.batch_size or cfg.pretrain.batch_size,
+    )
     seed_everything(tcfg.seed)
     model = build_model(cfg, train_set.classes, init_from=checkpoint_path)
     out_path = Path(out_path)
     work_dir = Path(work_dir) if work_dir else out_path.parent / (out_path.stem + "_record")
-    trainer = Trainer(model, make_dataset(train_set, image_size=cfg.data.image_size), cfg=tcfg,
-                      classes=train_set.classes, out_dir=work_dir, run_config=to_dict(cfg), recorder=recorder,
-                      run_key=run_key(cfg, tcfg, train_set, init_from=checkpoint_path, update=lr > 0),
-                      update=lr > 0, loader_kwargs=loader_kwargs(cfg.data))  # fmt: skip
+    trainer = Trainer(
+        model,
+        make_dataset(train_set, image_size=cfg.data.image_size),
+        cfg=tcfg,
+        classes=train_set.classes,
+        out_dir=work_dir,
+        run_config=to_dict(cfg),
+        recorder=recorder,
+        run_key=run_key(cfg, tcfg, train_set, init_from=checkpoint_path, update=lr > 0),
+        update=lr > 0,
+        loader_kwargs=loader_kwargs(cfg.data),
+    )
     trainer.fit(resume=resume)
     table = LossTable.from_recording(train_set, *recorder.table(), *recorder.probabilities())
     if trainer.info.is_main:
@@ -223,8 +273,14 @@ def _record(
     return table
 
 
-def evaluate_checkpoint(checkpoint_path: str | Path, manifest: Manifest, *, image_size: int | None = None,
-                        batch_size: int = 256, loader_kw: dict | None = None) -> dict:  # fmt: skip
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    manifest: Manifest,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    loader_kw: dict | None = None,
+) -> dict:
     """Metrics JSON of a checkpoint on a labelled manifest (which must use the checkpoint's class map)."""
     state = checkpoint.load(checkpoint_path)
     classes = checkpoint.classes_of(state)
@@ -234,5 +290,11 @@ def evaluate_checkpoint(checkpoint_path: str | Path, manifest: Manifest, *, imag
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model, _ = load_model(state, device=device)  # the one place a checkpoint becomes a model
     ds = make_dataset(manifest, image_size=image_size or cfg.data.image_size)
-    return evaluate(model, ds, class_names=classes.names, batch_size=batch_size, loader_kwargs=loader_kw,
-                    normalization=saved_normalization(state))  # fmt: skip
+    return evaluate(
+        model,
+        ds,
+        class_names=classes.names,
+        batch_size=batch_size,
+        loader_kwargs=loader_kw,
+        normalization=saved_normalization(state),
+    )

@@ -38,10 +38,20 @@ TINY = ["--image-size", "16", "--workers", "0"]
 def torchrun(args: list[str], timeout: float = 300) -> tuple[str, str]:
     """Run `lossguided ARGS` under torchrun with 2 CPU processes; (stdout, stderr) of the launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "lossguided", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "lossguided",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:  # ranks out of step hang in a collective
@@ -77,9 +87,28 @@ def trained(data) -> tuple[Path, str, str]:
     """A 2-process DDP `train` run of 1 epoch (with validation, so evaluation is sharded and gathered too)."""
     out = data / "train2"
     csv = str(data / "train.csv")
-    stdout, stderr = torchrun(["train", "--train", csv, "--val", csv, "--out", str(out), "--epochs", "1",
-                               "--model", "test_resnet", "--no-pretrained", "--batch-size", "5", "--lr", "1e-3",
-                               "--flip", *TINY])  # fmt: skip
+    stdout, stderr = torchrun(
+        [
+            "train",
+            "--train",
+            csv,
+            "--val",
+            csv,
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--model",
+            "test_resnet",
+            "--no-pretrained",
+            "--batch-size",
+            "5",
+            "--lr",
+            "1e-3",
+            "--flip",
+            *TINY,
+        ]
+    )
     return out, stdout, stderr
 
 
@@ -109,13 +138,47 @@ def test_two_process_recording_holds_every_id_once_and_equals_one_process(data, 
     ckpt, csv = str(trained[0] / "last.pt"), str(data / "train.csv")
     two, one = data / "rec2" / "losses.npz", data / "rec1" / "losses.npz"
     # mid-epoch checkpoints gather both ranks
-    stdout, _ = torchrun(["losses", "--checkpoint", ckpt, "--train", csv, "--out", str(two), "--lr", "0",
-                          "--batch-size", "4", "--workers", "0",
-                          "--set", "pretrain.save_every_steps=1"])  # fmt: skip
+    stdout, _ = torchrun(
+        [
+            "losses",
+            "--checkpoint",
+            ckpt,
+            "--train",
+            csv,
+            "--out",
+            str(two),
+            "--lr",
+            "0",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--set",
+            "pretrain.save_every_steps=1",
+        ]
+    )
     assert json.loads(stdout.strip())["samples"] == N
     capsys.readouterr()
-    assert main(["losses", "--checkpoint", ckpt, "--train", csv, "--out", str(one), "--lr", "0",
-                 "--batch-size", "4", "--workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "losses",
+                "--checkpoint",
+                ckpt,
+                "--train",
+                csv,
+                "--out",
+                str(one),
+                "--lr",
+                "0",
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
 
     t2, t1 = LossTable.load(two), LossTable.load(one)
     assert t2.ids.tolist() == list(range(N))  # every id exactly once, the padded repeat folded away
@@ -149,15 +212,38 @@ def test_two_process_run_killed_inside_an_epoch_resumes_exactly(data):
     csv = str(data / "train.csv")
 
     def args(out):
-        return ["train", "--train", csv, "--out", str(out), "--epochs", "30", "--model", "test_resnet",
-                "--no-pretrained", "--batch-size", "2", "--lr", "1e-3", "--flip", "--save-every-steps", "1",
-                *TINY]  # fmt: skip
+        return [
+            "train",
+            "--train",
+            csv,
+            "--out",
+            str(out),
+            "--epochs",
+            "30",
+            "--model",
+            "test_resnet",
+            "--no-pretrained",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--flip",
+            "--save-every-steps",
+            "1",
+            *TINY,
+        ]
 
     killed = data / "killed2"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "lossguided"]
-    proc = subprocess.Popen([*cmd, *args(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cmd, *args(killed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -185,8 +271,13 @@ def test_two_process_run_killed_inside_an_epoch_resumes_exactly(data):
     ref = data / "reference2"
     torchrun(args(ref))
     timing = ("images_per_s", "epoch_time_s")
-    lines = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in (d / "metrics.jsonl").read_text()
-              .splitlines()] for d in (killed, ref)]  # fmt: skip
+    lines = [
+        [
+            {k: v for k, v in json.loads(x).items() if k not in timing}
+            for x in (d / "metrics.jsonl").read_text().splitlines()
+        ]
+        for d in (killed, ref)
+    ]
     assert lines[0] == lines[1] and len(lines[0]) == 30
     got, want = checkpoint.load(killed / "last.pt"), checkpoint.load(ref / "last.pt")
     for k, v in want["model"].items():

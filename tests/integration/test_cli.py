@@ -14,8 +14,25 @@ TINY = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--ba
 
 def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--train", str(image_csv), "--val", str(image_csv), "--out", str(out), "--epochs", "2",
-                 "--workers", "0", *TINY]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--train",
+                str(image_csv),
+                "--val",
+                str(image_csv),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--workers",
+                "0",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert {"last.pt", "best.pt", "metrics.jsonl", "config.yaml"} <= {p.name for p in out.iterdir()}
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
@@ -24,16 +41,32 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     assert json.loads(capsys.readouterr().out)["resumed_from_epoch"] == 2
 
     table_path = tmp_path / "losses.npz"
-    assert main(["losses", "--checkpoint", str(out / "best.pt"), "--train", str(image_csv), "--out",
-                 str(table_path), "--epochs", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "losses",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--train",
+                str(image_csv),
+                "--out",
+                str(table_path),
+                "--epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     table = LossTable.load(table_path)
     assert sorted(table.ids.tolist()) == list(range(24)) and np.all(table.n_records == 2)
     assert table.classes.names == ("SKU-A", "SKU-B", "SKU-C")
     capsys.readouterr()
 
     sel = tmp_path / "clean.csv"
-    assert main(["select", str(table_path), "--bands", "1-2", "median", "--drop-loss-above", "100",
-                 "--out", str(sel)]) == 0  # fmt: skip
+    assert (
+        main(["select", str(table_path), "--bands", "1-2", "median", "--drop-loss-above", "100", "--out", str(sel)])
+        == 0
+    )
     lines = sel.read_text().splitlines()
     assert lines[0] == "id,path,label" and len(lines) - 1 == 3 * 6  # per class of 8: ranks 1-2 and 2-6
     summary = sel.with_suffix(".summary.csv").read_text().splitlines()
@@ -47,28 +80,68 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
 
     # features + ensemble: one model without TTA reproduces `evaluate` exactly; hflip views are summed
     ckpt = str(out / "best.pt")
-    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f0"),
-                 "--tta", "none", "--dtype", "float32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "features",
+                "--checkpoint",
+                ckpt,
+                "--data",
+                str(image_csv),
+                "--out",
+                str(tmp_path / "f0"),
+                "--tta",
+                "none",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1")]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["n_views"] == 2
-    assert main(["ensemble", str(tmp_path / "f0"), "--out", str(tmp_path / "p.csv"), "--test", str(image_csv),
-                 "--exact"]) == 0  # fmt: skip
+    assert (
+        main(["ensemble", str(tmp_path / "f0"), "--out", str(tmp_path / "p.csv"), "--test", str(image_csv), "--exact"])
+        == 0
+    )
     single = json.loads(capsys.readouterr().out)
     assert single["mean_top1_error"] == metrics["mean_top1_error"]
     assert single["per_class_error"] == metrics["per_class_error"]
-    assert main(["ensemble", str(tmp_path / "f0"), str(tmp_path / "f1"), "--out", str(tmp_path / "p2.csv"),
-                 "--top-k", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["ensemble", str(tmp_path / "f0"), str(tmp_path / "f1"), "--out", str(tmp_path / "p2.csv"), "--top-k", "2"]
+        )
+        == 0
+    )
     rows = (tmp_path / "p2.csv").read_text().splitlines()
     assert rows[0] == "id,prediction,top2" and len(rows) == 25
     assert rows[1].split(",")[1] in {"SKU-A", "SKU-B", "SKU-C"}
     capsys.readouterr()
     assert main(["ensemble", str(tmp_path / "f0"), "--out", str(tmp_path / "p3.csv"), "--top-k", "4"]) == 2
     assert "top-k 4 is not in [1, 3]" in capsys.readouterr().err
-    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1"),
-                 "--tta", "none"]) == 2  # a finished folder of other settings is not handed back  # fmt: skip
+    assert (
+        main(
+            ["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1"), "--tta", "none"]
+        )
+        == 2
+    )  # a finished folder of other settings is not handed back
     assert "holds finished features with tta='hflip' (asked 'none')" in capsys.readouterr().err
-    assert main(["features", "--checkpoint", ckpt, "--data", str(image_csv), "--out", str(tmp_path / "f1"),
-                 "--image-size", "20"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "features",
+                "--checkpoint",
+                ckpt,
+                "--data",
+                str(image_csv),
+                "--out",
+                str(tmp_path / "f1"),
+                "--image-size",
+                "20",
+            ]
+        )
+        == 2
+    )
     assert "image_size=16 (asked 20)" in capsys.readouterr().err
 
 
@@ -140,8 +213,10 @@ def test_checkpoint_from_another_class_map_is_refused(tmp_path, image_csv, capsy
     other = tmp_path / "other.csv"
     other.write_text(image_csv.read_text().replace("SKU-C", "SKU-Q"))
     capsys.readouterr()
-    assert main(["losses", "--checkpoint", str(out / "last.pt"), "--train", str(other), "--out",
-                 str(tmp_path / "l.npz")]) == 2  # fmt: skip
+    assert (
+        main(["losses", "--checkpoint", str(out / "last.pt"), "--train", str(other), "--out", str(tmp_path / "l.npz")])
+        == 2
+    )
     assert "label 'SKU-Q' is not in the class map" in capsys.readouterr().err
 
 
@@ -149,14 +224,28 @@ def test_bad_loss_table_and_band(tmp_path, capsys):
     from lossguided.io import write_npz
 
     path = tmp_path / "l.npz"
-    write_npz(path, id=np.arange(3), label=np.zeros(3, int), loss=np.array([0.1, np.nan, 0.2], np.float32),
-              n_records=np.ones(3, int), pred=np.zeros(3, int), path=np.array(["a", "b", "c"]),
-              classes=np.array(["x"]))  # fmt: skip
+    write_npz(
+        path,
+        id=np.arange(3),
+        label=np.zeros(3, int),
+        loss=np.array([0.1, np.nan, 0.2], np.float32),
+        n_records=np.ones(3, int),
+        pred=np.zeros(3, int),
+        path=np.array(["a", "b", "c"]),
+        classes=np.array(["x"]),
+    )
     assert main(["select", str(path), "--out", str(tmp_path / "s.csv")]) == 2
     assert "1 non-finite losses (NaN or inf), first at id 1" in capsys.readouterr().err
-    write_npz(path, id=np.array([3, 1, 2]), label=np.zeros(3, int), loss=np.ones(3, np.float32),
-              n_records=np.ones(3, int), pred=np.zeros(3, int), path=np.array(["a", "b", "c"]),
-              classes=np.array(["x"]))  # fmt: skip
+    write_npz(
+        path,
+        id=np.array([3, 1, 2]),
+        label=np.zeros(3, int),
+        loss=np.ones(3, np.float32),
+        n_records=np.ones(3, int),
+        pred=np.zeros(3, int),
+        path=np.array(["a", "b", "c"]),
+        classes=np.array(["x"]),
+    )
     assert main(["select", str(path), "--out", str(tmp_path / "s.csv")]) == 2
     assert "ids must be unique and ascending; id 1 follows 3" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
@@ -164,10 +253,30 @@ def test_bad_loss_table_and_band(tmp_path, capsys):
 
 @pytest.mark.fashion_mnist
 def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
-    args = ["run", "cpu-small", "--out", str(tmp_path / "r"), "--train-limit", "300", "--model", "test_resnet",
-            "--image-size", "16", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
-            "--set", "refine.bands=[1-5]", "--set", "refine.drop_loss_above=null", "--set", "ensemble.seeds=[1]",
-            "--set", "refine.rounds=2"]  # fmt: skip
+    args = [
+        "run",
+        "cpu-small",
+        "--out",
+        str(tmp_path / "r"),
+        "--train-limit",
+        "300",
+        "--model",
+        "test_resnet",
+        "--image-size",
+        "16",
+        "--set",
+        "pretrain.epochs=1",
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "refine.bands=[1-5]",
+        "--set",
+        "refine.drop_loss_above=null",
+        "--set",
+        "ensemble.seeds=[1]",
+        "--set",
+        "refine.rounds=2",
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -220,8 +329,20 @@ def test_unreachable_hub_is_one_line_within_two_seconds(tmp_path, image_csv, cap
         assert f"not in the local cache and the hub ({host}) cannot be reached" in str(e.value)
         assert constants.HF_HUB_OFFLINE is False  # the hub's mode is left as it was
         capsys.readouterr()
-        args = ["train", "--train", str(image_csv), "--out", str(tmp_path / "o"), "--model", "resnet10t",
-                "--pretrained", "--image-size", "16", "--workers", "0"]  # fmt: skip
+        args = [
+            "train",
+            "--train",
+            str(image_csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "resnet10t",
+            "--pretrained",
+            "--image-size",
+            "16",
+            "--workers",
+            "0",
+        ]
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--pretrained-path FILE or --no-pretrained" in err[0]
@@ -235,8 +356,26 @@ def test_evaluate_with_progress_batch_size_workers_and_predictions(tmp_path, ima
     assert main(["train", "--train", str(image_csv), "--out", str(out), "--epochs", "1", "--workers", "0", *TINY]) == 0
     capsys.readouterr()
     preds = tmp_path / "preds.csv"
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--test", str(image_csv), "--batch-size", "5",
-                 "--workers", "0", "--predictions", str(preds), "--top-k", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--test",
+                str(image_csv),
+                "--batch-size",
+                "5",
+                "--workers",
+                "0",
+                "--predictions",
+                str(preds),
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)
     assert "evaluate" in captured.err and "24/24" in captured.err  # the progress bar

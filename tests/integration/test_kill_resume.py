@@ -19,15 +19,43 @@ TIMING = ("images_per_s", "epoch_time_s")  # wall-clock measurements: the only f
 
 
 def _args(csv, out):
-    return ["train", "--train", str(csv), "--val", str(csv), "--out", str(out), "--epochs", str(EPOCHS),
-            "--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "4", "--lr", "1e-3",
-            "--flip", "--seed", "7", "--workers", "0"]  # fmt: skip
+    return [
+        "train",
+        "--train",
+        str(csv),
+        "--val",
+        str(csv),
+        "--out",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        "--model",
+        "test_resnet",
+        "--no-pretrained",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--flip",
+        "--seed",
+        "7",
+        "--workers",
+        "0",
+    ]
 
 
 def _start(args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lossguided", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "lossguided", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _metrics(path):

@@ -27,8 +27,15 @@ def make_trainer(tmp_path, manifest, *, epochs=2, recorder=None, seed=0, **kw) -
     torch.manual_seed(seed)
     model = create_model("test_resnet", num_classes=3)
     cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, **kw)
-    return Trainer(model, make_dataset(manifest, image_size=16), cfg=cfg, classes=CLASSES, out_dir=tmp_path,
-                   recorder=recorder, run_config={"model": {"name": "test_resnet"}})  # fmt: skip
+    return Trainer(
+        model,
+        make_dataset(manifest, image_size=16),
+        cfg=cfg,
+        classes=CLASSES,
+        out_dir=tmp_path,
+        recorder=recorder,
+        run_config={"model": {"name": "test_resnet"}},
+    )
 
 
 def test_recorded_losses_equal_a_separate_forward(tmp_path):
@@ -188,8 +195,14 @@ def test_resume_with_persistent_workers_flips_like_an_uninterrupted_run(tmp_path
         torch.manual_seed(seed)
         model = create_model("test_resnet", num_classes=len(classes))
         cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, flip=True)
-        return Trainer(model, make_dataset(m, image_size=16), cfg=cfg, classes=classes, out_dir=out,
-                       loader_kwargs={"workers": 1, "persistent_workers": True})  # fmt: skip
+        return Trainer(
+            model,
+            make_dataset(m, image_size=16),
+            cfg=cfg,
+            classes=classes,
+            out_dir=out,
+            loader_kwargs={"workers": 1, "persistent_workers": True},
+        )
 
     full = trainer(tmp_path / "full")
     full.fit()

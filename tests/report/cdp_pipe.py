@@ -13,9 +13,19 @@ import time
 from pathlib import Path
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 
 
 def find_chromium() -> str | None:
@@ -46,9 +56,14 @@ class Browser:
         profile_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = profile_dir.with_name(profile_dir.name + ".log")
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile_dir}", "--remote-debugging-pipe",
-                                      "about:blank"], stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, preexec_fn=wire, close_fds=False)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [executable, *FLAGS, f"--user-data-dir={profile_dir}", "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=wire,
+            close_fds=False,
+        )
         for fd in (to_child_r, from_child_w, hi_r, hi_w):
             os.close(fd)
         self._buf = b""
@@ -111,12 +126,15 @@ class Browser:
     # -- page
     def open_page(self, width: int = 1280, height: int = 900) -> None:
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                 session=False)["sessionId"]  # fmt: skip
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})  # fmt: skip
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def navigate(self, url: str) -> None:
         self.send("Page.navigate", {"url": url})

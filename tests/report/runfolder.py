@@ -49,17 +49,28 @@ def make_fake_run(root: Path, *, n_classes: int = 8, per_class: int = 10, seed: 
     run = root / "run"
     for stage in ("pretrain", "record1", "refine1"):
         (run / stage).mkdir(parents=True, exist_ok=True)
-    config = {"data": {"train": str(root / "train.csv")},
-              "refine": {"rounds": 1, "bands": ["1-3"], "drop_loss_above": None, "drop_quantile": 0.1}}  # fmt: skip
+    config = {
+        "data": {"train": str(root / "train.csv")},
+        "refine": {"rounds": 1, "bands": ["1-3"], "drop_loss_above": None, "drop_quantile": 0.1},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     table.save(run / "record1" / "losses.npz")
     selected = select_from_table(table, bands=["1-3"], drop_loss_above=None, drop_quantile=0.1, per_class=None)
     write_selection(table, selected, run / "refine1" / "selected.csv")
-    curve = lambda e0: [{"epoch": e, "train_loss": 2.0 / e + e0, "val_mean_top1_error": 0.5 / e + e0}  # noqa: E731
-                        for e in (1, 2, 3)]  # fmt: skip
-    rows = [{"name": "pretrain", "train_samples": n, "val_mean_top1_error": 0.4, "test_mean_top1_error": 0.41},
-            {"name": "refine1", "train_samples": len(selected), **selection_stats(table, selected),
-             "val_mean_top1_error": 0.3, "test_mean_top1_error": 0.31}]  # fmt: skip
+
+    def curve(e0):
+        return [{"epoch": e, "train_loss": 2.0 / e + e0, "val_mean_top1_error": 0.5 / e + e0} for e in (1, 2, 3)]
+
+    rows = [
+        {"name": "pretrain", "train_samples": n, "val_mean_top1_error": 0.4, "test_mean_top1_error": 0.41},
+        {
+            "name": "refine1",
+            "train_samples": len(selected),
+            **selection_stats(table, selected),
+            "val_mean_top1_error": 0.3,
+            "test_mean_top1_error": 0.31,
+        },
+    ]
     for stage, row in (("pretrain", rows[0]), ("record1", {"losses": "x"}), ("refine1", rows[1])):
         (run / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve(0.1)))
         (run / stage / "done.json").write_text(json.dumps(row))

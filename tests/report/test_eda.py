@@ -91,8 +91,13 @@ def test_in_memory_duplicates_are_found_by_pixel_hash(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 8, 8), dtype=np.uint8)
     images[4] = images[1]
-    m = Manifest(ids=np.arange(10, 16), labels=np.array([0, 0, 1, 1, 1, 2]), classes=ClassMap(("a", "b", "c")),
-                 source="mem:train", images=images)  # fmt: skip
+    m = Manifest(
+        ids=np.arange(10, 16),
+        labels=np.array([0, 0, 1, 1, 1, 2]),
+        classes=ClassMap(("a", "b", "c")),
+        source="mem:train",
+        images=images,
+    )
     result = run_eda(m, tmp_path / "eda", progress=False)
     assert result["duplicates"]["groups"] == 1 and result["duplicates"]["examples"] == [
         ["mem:train#11", "mem:train#14"]

@@ -38,8 +38,10 @@ def open_report(browser: Browser, page: Path) -> None:
 
 
 def search(browser: Browser, text: str) -> list[str]:
-    browser.evaluate("(() => { const s = document.getElementById('class-search'); s.value = '';"
-                     " s.dispatchEvent(new Event('input')); })()")  # fmt: skip
+    browser.evaluate(
+        "(() => { const s = document.getElementById('class-search'); s.value = '';"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
     browser.type_text("#class-search", text)
     return browser.evaluate(CARDS)
 
@@ -86,8 +88,10 @@ def test_interrupted_run_page_shows_its_notices(browser, tmp_path):
     page = tmp_path / "partial.html"
     summary = write_report(run, page)
     open_report(browser, page)
-    shown = browser.evaluate("Array.from(document.querySelectorAll('#notices .notice'))"
-                             ".filter(n => n.offsetHeight > 0).map(n => n.textContent)")  # fmt: skip
+    shown = browser.evaluate(
+        "Array.from(document.querySelectorAll('#notices .notice'))"
+        ".filter(n => n.offsetHeight > 0).map(n => n.textContent)"
+    )
     assert len(shown) == len(summary["notices"]) >= 3
     text = json.dumps(shown)
     assert "metrics.json missing" in text and "refine1 has not started" in text and "selected.csv missing" in text

@@ -41,8 +41,18 @@ def test_highest_loss_wrong_label_ranks_first(fake_run, tmp_path, capsys):
     # every planted wrong label (loss >= 3) comes before every correct one (loss <= 1)
     n_noisy = len(fake_run["noisy_pos"])
     assert all(r["label"] != r["true_label"] for r in rows[:n_noisy])
-    assert list(rows[0]) == ["rank", "id", "path", "label", "predicted", "loss", "rank_in_class", "class_size",
-                             "true_label", "corrected_label"]  # fmt: skip
+    assert list(rows[0]) == [
+        "rank",
+        "id",
+        "path",
+        "label",
+        "predicted",
+        "loss",
+        "rank_in_class",
+        "class_size",
+        "true_label",
+        "corrected_label",
+    ]
 
 
 def test_top_and_per_class_limits(fake_run, tmp_path):
@@ -137,8 +147,13 @@ def test_in_memory_images_are_written_so_train_can_read_them(tmp_path):
     from lossguided.data.manifest import Manifest
 
     images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
-    m = Manifest(ids=np.array([4, 8, 9]), labels=np.array([0, 1, 1]), classes=ClassMap(("a", "b")),
-                 source="mem:train", images=images)  # fmt: skip
+    m = Manifest(
+        ids=np.array([4, 8, 9]),
+        labels=np.array([0, 1, 1]),
+        classes=ClassMap(("a", "b")),
+        source="mem:train",
+        images=images,
+    )
     corr = tmp_path / "c.csv"
     corr.write_text("id,corrected_label\n8,a\n9,DROP\n")
     relabel_manifest(m, corr, tmp_path / "new.csv")

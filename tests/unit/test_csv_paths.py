@@ -23,8 +23,15 @@ def read_paths(path: Path) -> list[str]:
 def test_suspects_name_images_by_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths = ["imgs/a.png", "imgs/b.png", "fashion-mnist:train#7"]
-    table = LossTable(np.arange(3), np.array([0, 1, 0]), np.array([3.0, 1.0, 2.0], np.float32), np.ones(3, np.int64),
-                      np.array([1, 1, 0]), np.array(paths, dtype=object), ClassMap(("a", "b")))  # fmt: skip
+    table = LossTable(
+        np.arange(3),
+        np.array([0, 1, 0]),
+        np.array([3.0, 1.0, 2.0], np.float32),
+        np.ones(3, np.int64),
+        np.array([1, 1, 0]),
+        np.array(paths, dtype=object),
+        ClassMap(("a", "b")),
+    )
     out = tmp_path / "elsewhere" / "suspects.csv"
     write_suspects(table, out)
     monkeypatch.chdir("/")

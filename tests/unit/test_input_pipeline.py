@@ -143,8 +143,14 @@ def test_preprocess_round_trip_keeps_ids_labels_classes_and_images(tmp_path, pho
 def test_grayscale_in_memory_set_keeps_one_channel(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    m = Manifest(ids=np.arange(5) * 2, labels=np.array([0, 1, 0, 1, 1]), classes=ClassMap(("0", "1")), source="mem",
-                 images=images, true_labels=np.array([0, 1, 1, 1, 1]))  # fmt: skip
+    m = Manifest(
+        ids=np.arange(5) * 2,
+        labels=np.array([0, 1, 0, 1, 1]),
+        classes=ClassMap(("0", "1")),
+        source="mem",
+        images=images,
+        true_labels=np.array([0, 1, 1, 1, 1]),
+    )
     preprocess(m, tmp_path / "p", image_size=28, storage="memmap", progress=False)
     back = read_preprocessed(tmp_path / "p")
     np.testing.assert_array_equal(back.true_labels, m.true_labels)
@@ -199,8 +205,10 @@ def test_cli_preprocess_then_train_and_evaluate_from_the_folder(tmp_path, image_
     assert main(["preprocess", str(image_csv), "--out", str(out), "--image-size", "16", "--workers", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 24
     tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "8", "--workers", "0"]
-    assert main(["train", "--train", str(out), "--val", str(out), "--out", str(tmp_path / "run"), "--epochs", "1",
-                 *tiny]) == 0  # fmt: skip
+    assert (
+        main(["train", "--train", str(out), "--val", str(out), "--out", str(tmp_path / "run"), "--epochs", "1", *tiny])
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--test", str(out)]) == 0
     assert set(json.loads(capsys.readouterr().out)["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}

@@ -93,8 +93,10 @@ def test_matches_reference_on_extreme_values():
     labels = np.array([2**62, -(2**62), 2**62, 2**62, -(2**62), 2**62], dtype=np.int64)
     losses = np.array([1e-300, -1e300, 0.0, 1e-300, 3.0, -0.0])
     for bands in (("1-1", "2-2", "median"), ALL_BANDS):
-        assert_same(select(ids, labels, losses, bands=bands, per_class=1),
-                     reference(ids, labels, losses, bands=bands, per_class=1))  # fmt: skip
+        assert_same(
+            select(ids, labels, losses, bands=bands, per_class=1),
+            reference(ids, labels, losses, bands=bands, per_class=1),
+        )
 
 
 @pytest.mark.parametrize("coder", ["_table_code", "_rank_code"])

@@ -154,8 +154,10 @@ def test_shards_a_user_already_has(tmp_path):
     """Keys that are not integers (ids are positions), labels as names in .cls or .json, png or webp images."""
     png = io.BytesIO()
     Image.fromarray(np.full((8, 8), 77, np.uint8)).save(png, format="PNG")
-    _tar(tmp_path / "a.tar", {"x/cat1.jpg": _jpeg(30), "x/cat1.cls": b"cat\n", "x/dog1.jpg": _jpeg(200),
-                              "x/dog1.json": b'{"label": "dog"}'})  # fmt: skip
+    _tar(
+        tmp_path / "a.tar",
+        {"x/cat1.jpg": _jpeg(30), "x/cat1.cls": b"cat\n", "x/dog1.jpg": _jpeg(200), "x/dog1.json": b'{"label": "dog"}'},
+    )
     _tar(tmp_path / "b.tar", {"x/cat2.png": png.getvalue(), "x/cat2.cls": b"cat"})
     m = load_manifest(str(tmp_path / "{a,b}.tar"))
     assert m.ids.tolist() == [0, 1, 2] and m.classes.names == ("cat", "dog")
@@ -206,8 +208,10 @@ def test_cli_preprocess_webdataset_then_train_and_evaluate_from_the_shards(tmp_p
     assert json.loads(capsys.readouterr().out)["shards"] == 3
     tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "8", "--workers", "0"]
     pattern = str(out / "shard-{000000..000002}.tar")
-    assert main(["train", "--train", pattern, "--val", str(out), "--out", str(tmp_path / "run"), "--epochs", "1",
-                 *tiny]) == 0  # fmt: skip
+    assert (
+        main(["train", "--train", pattern, "--val", str(out), "--out", str(tmp_path / "run"), "--epochs", "1", *tiny])
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--test", str(out)]) == 0
     assert set(json.loads(capsys.readouterr().out)["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}

@@ -87,8 +87,9 @@ class ArrayDataset(Dataset):
             out = []
             for s in range(0, len(images), chunk):
                 x = torch.from_numpy(np.array(images[s : s + chunk])).float()
-                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
-                                  align_corners=False)  # fmt: skip
+                x = F.interpolate(
+                    x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+                )
                 out.append(x.round_().clamp_(0, 255).to(torch.uint8))
             self.images = torch.cat(out) if out else torch.empty(0, images.shape[1], image_size, image_size)
         else:

@@ -21,8 +21,17 @@ from lossguided.data.noise import add_label_noise, long_tail_subset
 NAME = "fashion-mnist"
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 TEST_ID_OFFSET = 60_000
 SPLITS = ("train", "val", "test")
 
@@ -46,10 +55,16 @@ def options_from(data) -> FashionMnistOptions:
     """The options of a `DataConfig` (the one place its fields map to the built-in data's)."""
     target = tuple(data.noise_target) if data.noise_target is not None else None
     return FashionMnistOptions(
-        data_dir=data.data_dir, imbalance_ratio=data.imbalance_ratio, noise_rate=data.noise_rate,
-        noise_kind=data.noise_kind, seed=data.data_seed, val_per_class=data.val_per_class,
-        train_limit=data.train_limit, noise_target=target, noisy_val=data.noisy_val,
-    )  # fmt: skip
+        data_dir=data.data_dir,
+        imbalance_ratio=data.imbalance_ratio,
+        noise_rate=data.noise_rate,
+        noise_kind=data.noise_kind,
+        seed=data.data_seed,
+        val_per_class=data.val_per_class,
+        train_limit=data.train_limit,
+        noise_target=target,
+        noisy_val=data.noisy_val,
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -80,31 +95,42 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
     if split == "test":
         images, labels = _load_raw(data_dir, "test")
         ids = np.arange(len(labels)) + TEST_ID_OFFSET
-        return Manifest(ids=ids, labels=labels, classes=classes, source=NAME + ":test", images=images,
-                        true_labels=labels)  # fmt: skip
+        return Manifest(
+            ids=ids, labels=labels, classes=classes, source=NAME + ":test", images=images, true_labels=labels
+        )
     images, labels = _load_raw(data_dir, "train")
     rng = np.random.default_rng(options.seed)
-    val_idx = np.sort(np.concatenate(
-        [rng.permutation(np.flatnonzero(labels == c))[: options.val_per_class] for c in range(len(classes))]
-    ))  # fmt: skip
+    val_idx = np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[: options.val_per_class] for c in range(len(classes))]
+        )
+    )
     if split == "val":
         true = labels[val_idx]
         given = _noisy(true, options, seed=options.seed + 4) if options.noisy_val else true
-        return Manifest(ids=val_idx, labels=given, classes=classes, source=NAME + ":val", images=images[val_idx],
-                        true_labels=true)  # fmt: skip
+        return Manifest(
+            ids=val_idx, labels=given, classes=classes, source=NAME + ":val", images=images[val_idx], true_labels=true
+        )
     pool = np.setdiff1d(np.arange(len(labels)), val_idx)
     keep = pool[long_tail_subset(labels[pool], imbalance_ratio=options.imbalance_ratio, seed=options.seed + 1)]
     if options.train_limit is not None and options.train_limit < len(keep):
         keep = np.sort(np.random.default_rng(options.seed + 3).choice(keep, options.train_limit, replace=False))
     true = labels[keep]
     noisy = _noisy(true, options, seed=options.seed + 2)
-    return Manifest(ids=keep, labels=noisy, classes=classes, source=NAME + ":train", images=images[keep],
-                    true_labels=true)  # fmt: skip
+    return Manifest(
+        ids=keep, labels=noisy, classes=classes, source=NAME + ":train", images=images[keep], true_labels=true
+    )
 
 
 def _noisy(true: np.ndarray, options: FashionMnistOptions, *, seed: int) -> np.ndarray:
-    return add_label_noise(true, rate=options.noise_rate, kind=options.noise_kind, num_classes=len(CLASS_NAMES),
-                           seed=seed, target=options.noise_target)  # fmt: skip
+    return add_label_noise(
+        true,
+        rate=options.noise_rate,
+        kind=options.noise_kind,
+        num_classes=len(CLASS_NAMES),
+        seed=seed,
+        target=options.noise_target,
+    )
 
 
 PATH_PREFIX = NAME + ":"
@@ -126,8 +152,10 @@ def resolve_paths(manifest: Manifest, options: FashionMnistOptions = FashionMnis
     bad = np.flatnonzero(ids != manifest.ids)
     if len(bad):
         r = bad[0]
-        raise DataError(f"{manifest.source}: row {rows[r]}: id {manifest.ids[r]} differs from the path's "
-                        f"#{ids[r]}; add an id column equal to it")  # fmt: skip
+        raise DataError(
+            f"{manifest.source}: row {rows[r]}: id {manifest.ids[r]} differs from the path's "
+            f"#{ids[r]}; add an id column equal to it"
+        )
     data_dir = os.environ.get("LOSSGUIDED_FASHION_MNIST_DIR", options.data_dir)
     n_train, n_test = len(_load_raw(data_dir, "train")[1]), len(_load_raw(data_dir, "test")[1])
     is_test = ids >= TEST_ID_OFFSET
@@ -143,5 +171,12 @@ def resolve_paths(manifest: Manifest, options: FashionMnistOptions = FashionMnis
             images[mask], true[mask] = raw_images[ids[mask] - offset], raw_labels[ids[mask] - offset]
     known = set(CLASS_NAMES) <= set(manifest.classes.names)  # the true labels are only meaningful by name
     true = manifest.classes.encode(np.array(CLASS_NAMES, dtype=object)[true], source=manifest.source) if known else None
-    return Manifest(ids=manifest.ids, labels=manifest.labels, classes=manifest.classes, source=manifest.source,
-                    images=images, true_labels=true, rows=manifest.rows)  # fmt: skip
+    return Manifest(
+        ids=manifest.ids,
+        labels=manifest.labels,
+        classes=manifest.classes,
+        source=manifest.source,
+        images=images,
+        true_labels=true,
+        rows=manifest.rows,
+    )

@@ -87,8 +87,9 @@ def create_loader(
 ) -> Loader:
     """Every rank gets its shard (DistributedSampler pads the last one; the loss recorder de-duplicates)."""
     info = info or get_info()
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
-                                 drop_last=False)  # fmt: skip
+    sampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed, drop_last=False
+    )
     in_memory = hasattr(dataset, "__getitems__")
     workers = 0 if in_memory else min(workers, os.cpu_count() or 1)
     return Loader(

@@ -344,8 +344,12 @@ def check_confined(manifest: Manifest) -> None:
     """Every image path of a file manifest lies inside the manifest's own folder (the CSV's folder, the ImageFolder
     root) once links and `..` are resolved; else one line naming the file, row and path. For data from people one
     does not trust: by default a CSV may name any readable file (absolute paths and `../` included)."""
-    if manifest.paths is None or manifest.store is not None or not manifest.source \
-            or ":" in manifest.source.split("/")[0]:  # fmt: skip
+    if (
+        manifest.paths is None
+        or manifest.store is not None
+        or not manifest.source
+        or ":" in manifest.source.split("/")[0]
+    ):
         return  # built-in, in-memory or stored data (preprocessed, shards: paths are names, not read): no files
     src = Path(manifest.source)
     root = os.path.realpath(src.parent if src.is_file() else src)

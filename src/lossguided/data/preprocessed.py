@@ -89,8 +89,9 @@ class _Encoder(Dataset):
     """Row -> (row, payload, error): decodes (and for jpeg-shards encodes) in DataLoader workers; never raises for a
     bad image, so the writer decides whether to stop or skip."""
 
-    def __init__(self, manifest: Manifest, paths: list[str], *, image_size: int, storage: str, quality: int,
-                 subsampling: str) -> None:  # fmt: skip
+    def __init__(
+        self, manifest: Manifest, paths: list[str], *, image_size: int, storage: str, quality: int, subsampling: str
+    ) -> None:
         from lossguided.data.datasets import ArrayDataset
 
         self.paths, self.ids, self.source = paths, manifest.ids, manifest.source
@@ -108,8 +109,14 @@ class _Encoder(Dataset):
             x = self.array.images[row] if self.array is not None else decode_image(self.paths[row], self.size)
         except Exception as e:  # noqa: BLE001 - any decoder failure is this image's problem, reported with its id
             where = f"row {self.rows[row]}: " if self.rows is not None else ""
-            return row, None, (f"{self.source}: {where}id {int(self.ids[row])}: cannot decode image "
-                               f"{self.paths[row]} ({type(e).__name__}: {e})")  # fmt: skip
+            return (
+                row,
+                None,
+                (
+                    f"{self.source}: {where}id {int(self.ids[row])}: cannot decode image "
+                    f"{self.paths[row]} ({type(e).__name__}: {e})"
+                ),
+            )
         hwc = np.ascontiguousarray(x.permute(1, 2, 0).numpy())
         if self.storage == "memmap":
             return row, hwc, None
@@ -237,25 +244,34 @@ def preprocess(
     out = Path(out_dir)
     paths = _paths_of(manifest)
     channels = 1 if manifest.images is not None and manifest.images.ndim == 3 else 3
-    settings = {"storage": storage, "image_size": image_size, "channels": channels, "shard_size": shard_size,
-                "quality": quality if storage == "jpeg-shards" else None,
-                "subsampling": subsampling if storage == "jpeg-shards" else None,
-                "rows": len(manifest), "fingerprint": _fingerprint(manifest, paths)}  # fmt: skip
+    settings = {
+        "storage": storage,
+        "image_size": image_size,
+        "channels": channels,
+        "shard_size": shard_size,
+        "quality": quality if storage == "jpeg-shards" else None,
+        "subsampling": subsampling if storage == "jpeg-shards" else None,
+        "rows": len(manifest),
+        "fingerprint": _fingerprint(manifest, paths),
+    }
 
     if (out / META).is_file():
         meta = _read_meta(out)
         if all(meta.get(k) == v for k, v in settings.items()):
             log.info("%s: already preprocessed, nothing to do", out)
             return _summary(out, meta, resumed=0)
-        raise DataError(f"{out}: holds a preprocessed dataset of other input or settings; remove it or use another "
-                        "--out")  # fmt: skip
+        raise DataError(
+            f"{out}: holds a preprocessed dataset of other input or settings; remove it or use another --out"
+        )
     work = out / PARTIAL
     plan_path = work / "plan.json"
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
         if plan != settings:
-            raise DataError(f"{out}: holds an unfinished preprocessing of other input or settings; remove {work} "
-                            "(or the folder) to start over, or use another --out")  # fmt: skip
+            raise DataError(
+                f"{out}: holds an unfinished preprocessing of other input or settings; remove {work} "
+                "(or the folder) to start over, or use another --out"
+            )
     else:
         if out.is_dir() and any(out.iterdir()):
             raise DataError(f"{out}: not empty and not a preprocessed folder; choose an empty or new --out")
@@ -271,17 +287,33 @@ def preprocess(
     done = lambda k: part_path(k).is_file() and (storage == "memmap" or _ShardWriter.path(out, k).is_file())  # noqa: E731
     todo = [k for k in range(n_shards) if not done(k)]
     resumed = n_shards - len(todo)
-    todo_rows = np.concatenate([np.arange(k * shard_size, min(n, (k + 1) * shard_size)) for k in todo]) if todo \
-        else np.zeros(0, dtype=np.int64)  # fmt: skip
+    todo_rows = (
+        np.concatenate([np.arange(k * shard_size, min(n, (k + 1) * shard_size)) for k in todo])
+        if todo
+        else np.zeros(0, dtype=np.int64)
+    )
     writer = _ShardWriter(out) if storage == "jpeg-shards" else _MemmapWriter(out, n, image_size, channels)
     if todo:
-        encoder = _Encoder(manifest, paths, image_size=image_size, storage=storage, quality=quality,
-                           subsampling=subsampling)  # fmt: skip
+        encoder = _Encoder(
+            manifest, paths, image_size=image_size, storage=storage, quality=quality, subsampling=subsampling
+        )
         workers = max(0, min(workers, os.cpu_count() or 1))
-        loader = DataLoader(encoder, batch_size=None, sampler=todo_rows.tolist(), num_workers=workers,
-                            collate_fn=_identity, prefetch_factor=8 if workers else None)  # fmt: skip
-        bar = tqdm(total=n, initial=n - len(todo_rows), unit="img", desc=f"preprocess {out.name}", disable=not progress,
-                   dynamic_ncols=True)  # fmt: skip
+        loader = DataLoader(
+            encoder,
+            batch_size=None,
+            sampler=todo_rows.tolist(),
+            num_workers=workers,
+            collate_fn=_identity,
+            prefetch_factor=8 if workers else None,
+        )
+        bar = tqdm(
+            total=n,
+            initial=n - len(todo_rows),
+            unit="img",
+            desc=f"preprocess {out.name}",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         current, bad, rows, ok = None, [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
         try:
             with disk_errors(out):
@@ -312,12 +344,19 @@ def preprocess(
 
 def _finish_shard(writer, part: Path, rows: np.ndarray, ok: np.ndarray, bad: list) -> None:
     extra = writer.finish()
-    write_npz(part, rows=rows, ok=ok, bad_rows=np.array([r for r, _ in bad], dtype=np.int64),
-              bad_errors=np.array([e for _, e in bad], dtype=str), **extra)  # fmt: skip
+    write_npz(
+        part,
+        rows=rows,
+        ok=ok,
+        bad_rows=np.array([r for r, _ in bad], dtype=np.int64),
+        bad_errors=np.array([e for _, e in bad], dtype=str),
+        **extra,
+    )
 
 
-def _finalize(manifest: Manifest, out: Path, work: Path, writer, paths: list[str], settings: dict, n_shards: int,
-              resumed: int) -> dict:  # fmt: skip
+def _finalize(
+    manifest: Manifest, out: Path, work: Path, writer, paths: list[str], settings: dict, n_shards: int, resumed: int
+) -> dict:
     n = len(manifest)
     ok = np.zeros(n, dtype=bool)
     offset, length = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
@@ -334,8 +373,12 @@ def _finalize(manifest: Manifest, out: Path, work: Path, writer, paths: list[str
     if len(keep) == 0:
         raise DataError(f"{manifest.source}: no image could be decoded; see {out / BAD_LIST}")
     nbytes = writer.finalize(out)
-    cols = {"id": manifest.ids[keep], "label": manifest.labels[keep], "row": keep,
-            "paths": np.frombuffer("\0".join(paths[i] for i in keep).encode(), dtype=np.uint8)}  # fmt: skip
+    cols = {
+        "id": manifest.ids[keep],
+        "label": manifest.labels[keep],
+        "row": keep,
+        "paths": np.frombuffer("\0".join(paths[i] for i in keep).encode(), dtype=np.uint8),
+    }
     if settings["storage"] == "jpeg-shards":
         cols |= {"shard": keep // settings["shard_size"], "offset": offset[keep], "length": length[keep]}
     if manifest.true_labels is not None:
@@ -349,17 +392,32 @@ def _finalize(manifest: Manifest, out: Path, work: Path, writer, paths: list[str
                 row = int(manifest.rows[r]) if manifest.rows is not None else r
                 w.writerow([int(manifest.ids[r]), csv_path(paths[r]), row, e])
         log.warning("skipped %d unreadable images, listed in %s", len(bad_rows), out / BAD_LIST)
-    meta = {"format": FORMAT, "version": VERSION, **settings, "samples": int(len(keep)), "skipped": len(bad_rows),
-            "bytes": int(nbytes), "classes": list(manifest.classes.names), "source": manifest.source}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        **settings,
+        "samples": int(len(keep)),
+        "skipped": len(bad_rows),
+        "bytes": int(nbytes),
+        "classes": list(manifest.classes.names),
+        "source": manifest.source,
+    }
     write_json(out / META, meta)
     shutil.rmtree(work, ignore_errors=True)
     return _summary(out, meta, resumed=resumed)
 
 
 def _summary(out: Path, meta: dict, *, resumed: int) -> dict:
-    s = {"out": str(out), "storage": meta["storage"], "image_size": meta["image_size"], "samples": meta["samples"],
-         "skipped": meta["skipped"], "bytes": meta["bytes"],
-         "bytes_per_image": round(meta["bytes"] / max(1, meta["samples"]), 1), "resumed_shards": resumed}  # fmt: skip
+    s = {
+        "out": str(out),
+        "storage": meta["storage"],
+        "image_size": meta["image_size"],
+        "samples": meta["samples"],
+        "skipped": meta["skipped"],
+        "bytes": meta["bytes"],
+        "bytes_per_image": round(meta["bytes"] / max(1, meta["samples"]), 1),
+        "resumed_shards": resumed,
+    }
     if meta["skipped"]:
         s["bad_images"] = str(out / BAD_LIST)
     return s
@@ -387,11 +445,19 @@ def read_preprocessed(root: str | os.PathLike, *, classes: ClassMap | None = Non
     labels re-encoded through `classes` when given. Its `store` points the datasets at the folder."""
     root = Path(root)
     if not (root / META).is_file():
-        raise DataError(f"{root}: unfinished preprocessing (no {META}); rerun the same `lossguided preprocess` "
-                        "command to finish it")  # fmt: skip
+        raise DataError(
+            f"{root}: unfinished preprocessing (no {META}); rerun the same `lossguided preprocess` command to finish it"
+        )
     store = open_store(root)
-    manifest = Manifest(ids=store.ids, labels=store.labels, classes=store.classes, source=str(root),
-                        paths=store.paths, true_labels=store.true_labels, store=str(root))  # fmt: skip
+    manifest = Manifest(
+        ids=store.ids,
+        labels=store.labels,
+        classes=store.classes,
+        source=str(root),
+        paths=store.paths,
+        true_labels=store.true_labels,
+        store=str(root),
+    )
     return manifest if classes is None else manifest.with_classes(classes)
 
 
@@ -440,8 +506,10 @@ class PreprocessedStore:
         pos = self._order[np.searchsorted(self.ids, ids, sorter=self._order).clip(0, max(0, len(self.ids) - 1))]
         bad = self.ids[pos] != ids if len(self.ids) else np.ones(len(ids), dtype=bool)
         if bad.any():
-            raise DataError(f"{source}: {int(bad.sum())} ids are not in the preprocessed folder {self.root}, "
-                            f"e.g. {ids[bad][:5].tolist()}")  # fmt: skip
+            raise DataError(
+                f"{source}: {int(bad.sum())} ids are not in the preprocessed folder {self.root}, "
+                f"e.g. {ids[bad][:5].tolist()}"
+            )
         return pos
 
     def __getstate__(self) -> dict:  # worker processes open their own files
@@ -470,8 +538,10 @@ class PreprocessedStore:
             # same pixels, but deprecated since torchvision 0.29 and warns on every call.
             return decode_bytes(data)
         except (OSError, ValueError) as e:
-            raise DataError(f"{self.shard_path(k)}: id {int(self.ids[pos])}: damaged image at byte "
-                            f"{int(self.offset[pos])} ({e}); the preprocessed folder is damaged") from None  # fmt: skip
+            raise DataError(
+                f"{self.shard_path(k)}: id {int(self.ids[pos])}: damaged image at byte "
+                f"{int(self.offset[pos])} ({e}); the preprocessed folder is damaged"
+            ) from None
 
     def read_many(self, pos: np.ndarray) -> torch.Tensor:
         """uint8 [B,C,S,S] (channels-last strides) of several samples: one gather from the memmap."""
@@ -515,8 +585,13 @@ class PreprocessedDataset(Dataset):
         self.image_size = image_size
         self.resize = image_size != self.store.image_size
         if self.resize:
-            log.warning("%s holds %dx%d images; resizing to %d on the fly (preprocess at this size to avoid it)",
-                        self.store.root, self.store.image_size, self.store.image_size, image_size)  # fmt: skip
+            log.warning(
+                "%s holds %dx%d images; resizing to %d on the fly (preprocess at this size to avoid it)",
+                self.store.root,
+                self.store.image_size,
+                self.store.image_size,
+                image_size,
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -534,8 +609,9 @@ class MemmapDataset(PreprocessedDataset):
     def __getitems__(self, index: list[int]):
         x = self.store.read_many(self.pos[np.asarray(index, dtype=np.int64)])
         if self.resize:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True,
-                                                align_corners=False)  # fmt: skip
+            x = torch.nn.functional.interpolate(
+                x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
         idx = torch.as_tensor(index)
         return x, self._labels_t[idx], self._ids_t[idx]
 

@@ -69,8 +69,10 @@ def source_for(spec: str) -> ImageSource:
     for source in _SOURCES.values():
         if source.matches(spec):
             return source
-    raise DataError(f"{spec}: not found (expected a CSV manifest, an ImageFolder directory, a preprocessed folder, "
-                    "WebDataset .tar shards or 'fashion-mnist')")  # fmt: skip
+    raise DataError(
+        f"{spec}: not found (expected a CSV manifest, an ImageFolder directory, a preprocessed folder, "
+        "WebDataset .tar shards or 'fashion-mnist')"
+    )
 
 
 def source_of(manifest: Manifest) -> ImageSource:
@@ -251,19 +253,59 @@ def _fashion_mnist_default_split(spec: str, split: str) -> str | None:
 
 
 # Tried in this order: the most specific names first.
-register_source(ImageSource(name="fashion-mnist", description="the built-in benchmark, in memory",
-                            matches=_is_fashion_mnist, owns=_owns_arrays, manifest=_fashion_mnist_manifest,
-                            dataset=_array_dataset, image=_array_image,
-                            default_split=_fashion_mnist_default_split))  # fmt: skip
-register_source(ImageSource(name="webdataset", description="WebDataset .tar shards (folder, .tar, brace pattern)",
-                            matches=webdataset.is_shard_spec, owns=_owns_webdataset, manifest=_webdataset_manifest,
-                            dataset=_webdataset_dataset, image=webdataset.image_of))  # fmt: skip
-register_source(ImageSource(name="preprocessed", description="a `lossguided preprocess` folder (jpeg-shards or memmap)",
-                            matches=_is_preprocessed_spec, owns=_owns_preprocessed, manifest=_preprocessed_manifest,
-                            dataset=_preprocessed_dataset, image=_preprocessed_image))  # fmt: skip
-register_source(ImageSource(name="image-folder", description="an ImageFolder tree root/<class>/<image>",
-                            matches=lambda s: Path(s).is_dir(), owns=_owns_files, manifest=_image_folder_manifest,
-                            dataset=_file_dataset, image=_file_image))  # fmt: skip
-register_source(ImageSource(name="csv", description="a CSV manifest path,label[,id] (paths relative to it)",
-                            matches=_is_csv, owns=_owns_files, manifest=_csv_manifest, dataset=_file_dataset,
-                            image=_file_image))  # fmt: skip
+register_source(
+    ImageSource(
+        name="fashion-mnist",
+        description="the built-in benchmark, in memory",
+        matches=_is_fashion_mnist,
+        owns=_owns_arrays,
+        manifest=_fashion_mnist_manifest,
+        dataset=_array_dataset,
+        image=_array_image,
+        default_split=_fashion_mnist_default_split,
+    )
+)
+register_source(
+    ImageSource(
+        name="webdataset",
+        description="WebDataset .tar shards (folder, .tar, brace pattern)",
+        matches=webdataset.is_shard_spec,
+        owns=_owns_webdataset,
+        manifest=_webdataset_manifest,
+        dataset=_webdataset_dataset,
+        image=webdataset.image_of,
+    )
+)
+register_source(
+    ImageSource(
+        name="preprocessed",
+        description="a `lossguided preprocess` folder (jpeg-shards or memmap)",
+        matches=_is_preprocessed_spec,
+        owns=_owns_preprocessed,
+        manifest=_preprocessed_manifest,
+        dataset=_preprocessed_dataset,
+        image=_preprocessed_image,
+    )
+)
+register_source(
+    ImageSource(
+        name="image-folder",
+        description="an ImageFolder tree root/<class>/<image>",
+        matches=lambda s: Path(s).is_dir(),
+        owns=_owns_files,
+        manifest=_image_folder_manifest,
+        dataset=_file_dataset,
+        image=_file_image,
+    )
+)
+register_source(
+    ImageSource(
+        name="csv",
+        description="a CSV manifest path,label[,id] (paths relative to it)",
+        matches=_is_csv,
+        owns=_owns_files,
+        manifest=_csv_manifest,
+        dataset=_file_dataset,
+        image=_file_image,
+    )
+)

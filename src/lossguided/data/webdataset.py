@@ -159,8 +159,14 @@ def build_index(shard: Path) -> dict[str, np.ndarray]:
         true.append(str(meta.get("true_label", "")))
     if not keys:
         raise DataError(f"{shard}: no samples (members <key>.jpg|png|webp with <key>.cls or <key>.json)")
-    return {"keys": _join(keys), "offset": np.array(offsets, np.int64), "size": np.array(sizes, np.int64),
-            "labels": _join(labels), "true": _join(true), "stamp": _stamp(shard)}  # fmt: skip
+    return {
+        "keys": _join(keys),
+        "offset": np.array(offsets, np.int64),
+        "size": np.array(sizes, np.int64),
+        "labels": _join(labels),
+        "true": _join(true),
+        "stamp": _stamp(shard),
+    }
 
 
 def shard_index(shard: Path) -> dict[str, np.ndarray]:
@@ -215,8 +221,9 @@ class ShardStore:
         pos = self._order[np.searchsorted(self.ids, ids, sorter=self._order).clip(0, max(0, len(self.ids) - 1))]
         bad = self.ids[pos] != ids
         if bad.any():
-            raise DataError(f"{source}: {int(bad.sum())} ids are not in the shards {self.spec}, "
-                            f"e.g. {ids[bad][:5].tolist()}")  # fmt: skip
+            raise DataError(
+                f"{source}: {int(bad.sum())} ids are not in the shards {self.spec}, e.g. {ids[bad][:5].tolist()}"
+            )
         return pos
 
     def position_of_key(self, key: str) -> int | None:
@@ -290,8 +297,10 @@ def _label_names(store: ShardStore, names: tuple[str, ...] | None, labels: list[
             out.append(text)
             continue
         if not text.lstrip("-").isdigit() or not 0 <= int(text) < len(names):
-            raise DataError(f"{store.name(pos)}: label {text!r} is not a class index 0..{len(names) - 1} of "
-                            f"{store.shards[0].parent / CLASSES_FILE}")  # fmt: skip
+            raise DataError(
+                f"{store.name(pos)}: label {text!r} is not a class index 0..{len(names) - 1} of "
+                f"{store.shards[0].parent / CLASSES_FILE}"
+            )
         out.append(names[int(text)])
     return out
 
@@ -311,8 +320,15 @@ def read_webdataset(spec: str, *, classes: ClassMap | None = None) -> Manifest:
         true_names = _label_names(store, names, store.true)
         if set(true_names) <= set(own.names):
             true = own.index_of(true_names)
-    manifest = Manifest(ids=store.ids, labels=encoded, classes=own, source=spec, true_labels=true, store=spec,
-                        paths=StringColumn.from_strings([store.name(i) for i in range(len(store.ids))]))  # fmt: skip
+    manifest = Manifest(
+        ids=store.ids,
+        labels=encoded,
+        classes=own,
+        source=spec,
+        true_labels=true,
+        store=spec,
+        paths=StringColumn.from_strings([store.name(i) for i in range(len(store.ids))]),
+    )
     return manifest if classes is None else manifest.with_classes(classes)
 
 
@@ -332,8 +348,9 @@ class WebDatasetDataset(Dataset):
         try:
             x = decode_bytes(self.store.read(pos))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UnreadableImageError(f"{self.store.name(pos)}: id {int(self.ids[i])}: cannot decode image "
-                                       f"({type(e).__name__}: {e})") from None  # fmt: skip
+            raise UnreadableImageError(
+                f"{self.store.name(pos)}: id {int(self.ids[i])}: cannot decode image ({type(e).__name__}: {e})"
+            ) from None
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = resize_uint8(x, self.image_size)
         return x, int(self.labels[i]), int(self.ids[i])
@@ -402,9 +419,15 @@ def write_webdataset(
         raise ValueError("image_size and shard_size must be positive and quality in 1..100")
     out = Path(out_dir)
     paths = _paths_of(manifest)
-    settings = {"format": "webdataset", "image_size": image_size, "quality": quality, "subsampling": subsampling,
-                "shard_size": shard_size, "rows": len(manifest),
-                "fingerprint": _fingerprint(manifest, paths)}  # fmt: skip
+    settings = {
+        "format": "webdataset",
+        "image_size": image_size,
+        "quality": quality,
+        "subsampling": subsampling,
+        "shard_size": shard_size,
+        "rows": len(manifest),
+        "fingerprint": _fingerprint(manifest, paths),
+    }
     if (out / DONE).is_file():
         done = json.loads((out / DONE).read_text())
         if {k: done.get(k) for k in settings} == settings:
@@ -416,11 +439,18 @@ def write_webdataset(
     out.mkdir(parents=True, exist_ok=True)
     names = manifest.classes.names
     write_json(out / CLASSES_FILE, list(names))
-    encoder = _Encoder(manifest, paths, image_size=image_size, storage="jpeg-shards", quality=quality,
-                       subsampling=subsampling)  # fmt: skip
+    encoder = _Encoder(
+        manifest, paths, image_size=image_size, storage="jpeg-shards", quality=quality, subsampling=subsampling
+    )
     workers = max(0, min(workers, os.cpu_count() or 1))
-    loader = DataLoader(encoder, batch_size=None, sampler=range(len(manifest)), num_workers=workers,
-                        collate_fn=_identity, prefetch_factor=8 if workers else None)  # fmt: skip
+    loader = DataLoader(
+        encoder,
+        batch_size=None,
+        sampler=range(len(manifest)),
+        num_workers=workers,
+        collate_fn=_identity,
+        prefetch_factor=8 if workers else None,
+    )
     bar = tqdm(total=len(manifest), unit="img", desc=f"webdataset {out.name}", disable=not progress)
     bad: list[tuple[int, str]] = []
     shards, tar, nbytes, current = [], None, 0, -1
@@ -458,9 +488,16 @@ def write_webdataset(
         raise DataError(f"{manifest.source}: no image could be decoded; see {out / BAD_LIST}")
     if bad:
         _write_bad(out / BAD_LIST, manifest, paths, bad)
-    summary = {"out": str(out), "storage": "webdataset", "image_size": image_size, "shards": len(shards),
-               "samples": len(manifest) - len(bad), "skipped": len(bad), "bytes": int(nbytes),
-               "bytes_per_image": round(nbytes / max(1, len(manifest) - len(bad)), 1)}  # fmt: skip
+    summary = {
+        "out": str(out),
+        "storage": "webdataset",
+        "image_size": image_size,
+        "shards": len(shards),
+        "samples": len(manifest) - len(bad),
+        "skipped": len(bad),
+        "bytes": int(nbytes),
+        "bytes_per_image": round(nbytes / max(1, len(manifest) - len(bad)), 1),
+    }
     if bad:
         summary["bad_images"] = str(out / BAD_LIST)
     write_json(out / DONE, {**settings, "summary": summary})

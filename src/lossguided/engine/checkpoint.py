@@ -109,6 +109,9 @@ def check_same_classes(state: dict[str, Any], classes: ClassMap, *, path: str, s
     ckpt = classes_of(state)
     if ckpt != classes:
         diff = next((i for i, (a, b) in enumerate(zip(ckpt.names, classes.names, strict=False)) if a != b), None)
-        where = f"first difference at class {diff}: {ckpt.names[diff]!r} vs {classes.names[diff]!r}" \
-            if diff is not None else f"{len(ckpt)} vs {len(classes)} classes"  # fmt: skip
+        where = (
+            f"first difference at class {diff}: {ckpt.names[diff]!r} vs {classes.names[diff]!r}"
+            if diff is not None
+            else f"{len(ckpt)} vs {len(classes)} classes"
+        )
         raise CheckpointError(f"{path}: class map differs from {source} ({where})")

@@ -18,8 +18,10 @@ def torch_smoothing(eps: float, num_classes: int) -> float:
     if num_classes < 2:
         raise ConfigError(f"label smoothing needs at least 2 classes, got {num_classes}")
     if not 0.0 < eps <= (num_classes - 1) / num_classes:  # beyond, the true class gets less than the others
-        raise ConfigError(f"label smoothing eps must be in [0, (K-1)/K = {(num_classes - 1) / num_classes:.3g}] "
-                          f"for K={num_classes} classes, got {eps}")  # fmt: skip
+        raise ConfigError(
+            f"label smoothing eps must be in [0, (K-1)/K = {(num_classes - 1) / num_classes:.3g}] "
+            f"for K={num_classes} classes, got {eps}"
+        )
     return eps * num_classes / (num_classes - 1)
 
 

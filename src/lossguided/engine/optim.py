@@ -10,8 +10,9 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 
-def create_optimizer(model: nn.Module, *, name: str = "lookahead_radam", lr: float = 1e-4,
-                     weight_decay: float = 0.0) -> torch.optim.Optimizer:  # fmt: skip
+def create_optimizer(
+    model: nn.Module, *, name: str = "lookahead_radam", lr: float = 1e-4, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """Any optimizer timm knows by name (`timm.optim.list_optimizers()`); the paper's Ranger is the default."""
     from lossguided.config import ConfigError
 
@@ -21,8 +22,9 @@ def create_optimizer(model: nn.Module, *, name: str = "lookahead_radam", lr: flo
         raise ConfigError(f"optimizer {name!r}: {e}; see timm.optim.list_optimizers()") from None
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, lr_min_ratio: float = 0.1,
-                     warmup_steps: int = 0) -> CosineLRScheduler:  # fmt: skip
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, lr_min_ratio: float = 0.1, warmup_steps: int = 0
+) -> CosineLRScheduler:
     """timm's cosine schedule stepped per batch (`step_update(t)`): eta_t of eq. (2), ending at lr * lr_min_ratio."""
     base_lr = optimizer.param_groups[0]["lr"]
     return CosineLRScheduler(

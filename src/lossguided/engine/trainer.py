@@ -92,18 +92,26 @@ class Trainer:
         if self.on_cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loader_kwargs = loader_kwargs or {}
-        self.loader = create_loader(train_set, batch_size=cfg.batch_size, shuffle=update, seed=cfg.seed,
-                                    info=self.info, **self.loader_kwargs)  # fmt: skip
+        self.loader = create_loader(
+            train_set, batch_size=cfg.batch_size, shuffle=update, seed=cfg.seed, info=self.info, **self.loader_kwargs
+        )
         self.steps_per_epoch = len(self.loader)
         self.optimizer = create_optimizer(self.model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = create_scheduler(self.optimizer, total_steps=cfg.epochs * self.steps_per_epoch,
-                                          lr_min_ratio=cfg.lr_min_ratio, warmup_steps=cfg.warmup_steps)  # fmt: skip
+        self.scheduler = create_scheduler(
+            self.optimizer,
+            total_steps=cfg.epochs * self.steps_per_epoch,
+            lr_min_ratio=cfg.lr_min_ratio,
+            warmup_steps=cfg.warmup_steps,
+        )
         self.criterion = create_criterion(num_classes=len(classes), smoothing=cfg.smoothing)
         self.normalization = normalization(self.run_config.get("model"))
         mean, std = self.normalization
         self.transform = BatchTransform(mean=mean, std=std, flip=cfg.flip).to(self.device)
-        self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.on_cuda else None) \
-            if self.info.enabled and update else self.model  # fmt: skip
+        self.net = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.on_cuda else None)
+            if self.info.enabled and update
+            else self.model
+        )
         self.epoch = self.step = 0
         self.resume_point: dict | None = None  # where a mid-epoch checkpoint left the current epoch
         self.best, self.bad_epochs = None, 0
@@ -149,9 +157,16 @@ class Trainer:
         batches = iter(self.loader)
         if point is not None or keep is not None:
             self._set_rng_state(point["rng"] if point is not None else keep)
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.info.is_main,
-                   initial=done, total=n_batches, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False,
-                   file=sys.stderr)  # fmt: skip
+        bar = tqdm(
+            batches,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            disable=not self.info.is_main,
+            initial=done,
+            total=n_batches,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            leave=False,
+            file=sys.stderr,
+        )
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # batch of the first non-finite loss
         with torch.set_grad_enabled(self.update):
             for i, (images, labels, ids) in enumerate(bar, start=done):
@@ -179,8 +194,12 @@ class Trainer:
         elapsed = time.perf_counter() - start
         if self.info.enabled:
             seen_now = int(all_reduce_sum(torch.tensor(float(seen_now), device=self.device).double()).item())
-        return {"train_loss": total.item() / max(seen, 1), "images_per_s": seen_now / elapsed,
-                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed}  # fmt: skip
+        return {
+            "train_loss": total.item() / max(seen, 1),
+            "images_per_s": seen_now / elapsed,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": elapsed,
+        }
 
     def _check_finite(self, first_bad: torch.Tensor, last: int, n_batches: int, *, weights: bool = False) -> None:
         """NonFiniteError naming the epoch and step when a loss of this epoch up to batch `last` (or, with
@@ -231,9 +250,15 @@ class Trainer:
         while self.epoch < self.cfg.epochs and not stopped:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_set is not None:
-                val = evaluate(self.model, self.val_set, class_names=self.classes.names, amp=self.cfg.amp,
-                               device=self.device, loader_kwargs=self.loader_kwargs,
-                               normalization=self.normalization)  # fmt: skip
+                val = evaluate(
+                    self.model,
+                    self.val_set,
+                    class_names=self.classes.names,
+                    amp=self.cfg.amp,
+                    device=self.device,
+                    loader_kwargs=self.loader_kwargs,
+                    normalization=self.normalization,
+                )
                 record |= {"val_mean_top1_error": val["mean_top1_error"], "val_top1_error": val["top1_error"]}
             self.epoch += 1
             improved = self._track_best(record.get("val_mean_top1_error"))
@@ -342,8 +367,10 @@ class Trainer:
         saved = state.get("run_key")
         if saved is not None and self.run_key is not None and saved != self.run_key:
             diff = sorted(k for k in self.run_key.keys() | saved.keys() if saved.get(k) != self.run_key.get(k))
-            raise ConfigError(f"{path}: holds a run with other {', '.join(diff)}; rerun with the same settings, "
-                              "use another --out, or start over (--no-resume; `run`: remove the folder)")  # fmt: skip
+            raise ConfigError(
+                f"{path}: holds a run with other {', '.join(diff)}; rerun with the same settings, "
+                "use another --out, or start over (--no-resume; `run`: remove the folder)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -355,8 +382,12 @@ class Trainer:
         else:
             torch.set_rng_state(state["rng"].cpu())
             if rngs is not None and self.info.is_main:
-                log.warning("%s was saved by %d ranks, resuming with %d: random flips differ from an uninterrupted "
-                            "run", path, len(rngs), self.info.world_size)  # fmt: skip
+                log.warning(
+                    "%s was saved by %d ranks, resuming with %d: random flips differ from an uninterrupted run",
+                    path,
+                    len(rngs),
+                    self.info.world_size,
+                )
         if "history" in state:  # drop a metrics line the kill cut short, add one it kept from being written
             self.history = list(state["history"])
             if self.info.is_main:
@@ -366,13 +397,22 @@ class Trainer:
         mid = state.get("mid_epoch")
         if mid is not None and mid["world_size"] == self.info.world_size:
             r = self.info.rank
-            self.resume_point = {"batches": int(mid["batches"]), "total": mid["totals"][r], "seen": int(mid["seen"][r]),
-                                 "rng": rngs[r]}  # fmt: skip
+            self.resume_point = {
+                "batches": int(mid["batches"]),
+                "total": mid["totals"][r],
+                "seen": int(mid["seen"][r]),
+                "rng": rngs[r],
+            }
             if self.recorder is not None and self.info.is_main and "recorder_pending" in state:
                 self.recorder.load_pending(state["recorder_pending"], self.device)
         elif mid is not None and self.info.is_main:  # other shards: this epoch's order restarts, the weights stay
-            log.warning("%s was saved inside epoch %d by %d ranks; with %d the epoch's data starts over",
-                        path, self.epoch + 1, mid["world_size"], self.info.world_size)  # fmt: skip
+            log.warning(
+                "%s was saved inside epoch %d by %d ranks; with %d the epoch's data starts over",
+                path,
+                self.epoch + 1,
+                mid["world_size"],
+                self.info.world_size,
+            )
         if self.info.is_main:
             where = f" + {mid['batches']} batches" if self.resume_point else ""
             log.info("resumed from %s at epoch %d%s (step %d)", path, self.epoch, where, self.step)

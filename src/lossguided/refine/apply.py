@@ -21,8 +21,11 @@ from lossguided.refine.threshold import estimate_drop_threshold
 def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
     """Size, classes covered and, where the truth is known, purity of the selection and the loss's noise AUROC."""
     pos = np.searchsorted(table.ids, selected_ids)
-    stats = {"selected": int(len(selected_ids)), "of": int(len(table)),
-             "classes_covered": int(len(np.unique(table.labels[pos])))}  # fmt: skip
+    stats = {
+        "selected": int(len(selected_ids)),
+        "of": int(len(table)),
+        "classes_covered": int(len(np.unique(table.labels[pos]))),
+    }
     noisy = table.is_noisy
     if noisy is not None:
         stats["purity"] = float(1.0 - noisy[pos].mean()) if len(pos) else float("nan")
@@ -31,15 +34,28 @@ def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
     return stats
 
 
-def select_from_table(table: LossTable, *, bands: list[str] | tuple[str, ...], drop_loss_above: float | str | None,
-                      drop_quantile: float | None, per_class: int | None) -> np.ndarray:  # fmt: skip
+def select_from_table(
+    table: LossTable,
+    *,
+    bands: list[str] | tuple[str, ...],
+    drop_loss_above: float | str | None,
+    drop_quantile: float | None,
+    per_class: int | None,
+) -> np.ndarray:
     """Sorted ids of the union of `bands`; drop_loss_above 'auto' finds a threshold per class from the losses."""
-    return select_with_info(table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile,
-                            per_class=per_class)[0]  # fmt: skip
+    return select_with_info(
+        table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile, per_class=per_class
+    )[0]
 
 
-def select_with_info(table: LossTable, *, bands: list[str] | tuple[str, ...], drop_loss_above: float | str | None,
-                     drop_quantile: float | None, per_class: int | None) -> tuple[np.ndarray, dict]:  # fmt: skip
+def select_with_info(
+    table: LossTable,
+    *,
+    bands: list[str] | tuple[str, ...],
+    drop_loss_above: float | str | None,
+    drop_quantile: float | None,
+    per_class: int | None,
+) -> tuple[np.ndarray, dict]:
     """`select_from_table` plus how the drop threshold was found (for the stats, metrics.json and the report)."""
     ids, labels, losses = table.ids, table.labels, table.losses
     info: dict = {"drop_loss_above": drop_loss_above}
@@ -51,8 +67,15 @@ def select_with_info(table: LossTable, *, bands: list[str] | tuple[str, ...], dr
         drop_loss_above = None
     elif isinstance(drop_loss_above, str):
         raise ValueError(f"drop_loss_above must be a number, 'auto' or None, got {drop_loss_above!r}")
-    chosen = select(ids, labels, losses, bands=tuple(bands), drop_loss_above=drop_loss_above,
-                    drop_quantile=drop_quantile, per_class=per_class)  # fmt: skip
+    chosen = select(
+        ids,
+        labels,
+        losses,
+        bands=tuple(bands),
+        drop_loss_above=drop_loss_above,
+        drop_quantile=drop_quantile,
+        per_class=per_class,
+    )
     return union(chosen), info
 
 
@@ -77,14 +100,21 @@ def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | o
     return {"manifest": str(out_csv), "summary": str(summary_path)}
 
 
-def select_to_manifest(losses_path: str | os.PathLike, out_csv: str | os.PathLike, *, bands: list[str],
-                       drop_loss_above: float | str | None = 9.0, drop_quantile: float | None = None,
-                       per_class: int | None = None) -> dict:  # fmt: skip
+def select_to_manifest(
+    losses_path: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    *,
+    bands: list[str],
+    drop_loss_above: float | str | None = 9.0,
+    drop_quantile: float | None = None,
+    per_class: int | None = None,
+) -> dict:
     """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out."""
     table = LossTable.load(losses_path)
     try:
-        ids, info = select_with_info(table, bands=bands, drop_loss_above=drop_loss_above,
-                                     drop_quantile=drop_quantile, per_class=per_class)  # fmt: skip
+        ids, info = select_with_info(
+            table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile, per_class=per_class
+        )
     except ValueError as e:
         raise DataError(f"{losses_path}: {e}") from None
     files = write_selection(table, ids, out_csv)

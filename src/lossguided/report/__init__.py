@@ -9,5 +9,12 @@ from lossguided.report.html import build_report, write_report
 from lossguided.report.pagesize import measure_page_size
 from lossguided.report.suspects import rank_suspects, relabel_manifest, write_suspects
 
-__all__ = ["build_report", "measure_page_size", "rank_suspects", "relabel_manifest", "run_eda", "write_report",
-           "write_suspects"]  # fmt: skip
+__all__ = [
+    "build_report",
+    "measure_page_size",
+    "rank_suspects",
+    "relabel_manifest",
+    "run_eda",
+    "write_report",
+    "write_suspects",
+]

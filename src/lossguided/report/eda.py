@@ -37,8 +37,14 @@ def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
 
 
-def imbalance_summary(counts: np.ndarray, names: Sequence[str], *, head_fraction: float = HEAD_FRACTION,
-                      tail_fraction: float = TAIL_FRACTION, listed: int = 10) -> dict:  # fmt: skip
+def imbalance_summary(
+    counts: np.ndarray,
+    names: Sequence[str],
+    *,
+    head_fraction: float = HEAD_FRACTION,
+    tail_fraction: float = TAIL_FRACTION,
+    listed: int = 10,
+) -> dict:
     """Classes, images, imbalance ratio (largest / smallest non-empty class), head and tail shares of the images,
     and the smallest and largest classes (ties by name order)."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -71,8 +77,16 @@ def size_summary(widths: np.ndarray, heights: np.ndarray) -> dict:
     if len(widths) == 0:
         return {"readable": 0}
     q = [0, 5, 50, 95, 100]
-    pct = lambda v: dict(zip(("min", "p5", "median", "p95", "max"), np.percentile(v, q).round(4).tolist(),  # noqa: E731
-                             strict=True))  # fmt: skip
+
+    def pct(v):
+        return dict(
+            zip(
+                ("min", "p5", "median", "p95", "max"),
+                np.percentile(v, q).round(4).tolist(),
+                strict=True,
+            )
+        )
+
     aspect = widths / np.maximum(heights, 1)
     return {
         "readable": int(len(widths)),
@@ -138,8 +152,9 @@ def scan_images(manifest: Manifest, *, workers: int = 4, progress: bool | None =
 
 
 # -- the command ------------------------------------------------------------------------------------------------
-def run_eda(manifest: Manifest, out_dir: str | os.PathLike, *, workers: int = 4, progress: bool | None = None,
-            listed: int = 10) -> dict:  # fmt: skip
+def run_eda(
+    manifest: Manifest, out_dir: str | os.PathLike, *, workers: int = 4, progress: bool | None = None, listed: int = 10
+) -> dict:
     """Scan `manifest`, write the figures, tables and OUT/eda.json; returns the JSON's content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,26 +167,46 @@ def run_eda(manifest: Manifest, out_dir: str | os.PathLike, *, workers: int = 4,
     paths = _display_paths(manifest)
 
     order = np.lexsort((np.arange(len(counts)), -counts))
-    _write_rows(out / "class_counts.csv", ["rank", "class", "images", "share", "cumulative_share"],
-                _count_rows(counts, order, names))  # fmt: skip
+    _write_rows(
+        out / "class_counts.csv",
+        ["rank", "class", "images", "share", "cumulative_share"],
+        _count_rows(counts, order, names),
+    )
     conflicts = sum(1 for g in groups if len(set(manifest.labels[g].tolist())) > 1)
-    dup_rows = [[gi + 1, int(manifest.ids[p]), paths[p], names[manifest.labels[p]], scan.digests[p],
-                 int(len(set(manifest.labels[g].tolist())) > 1)]
-                for gi, g in enumerate(groups) for p in g]  # fmt: skip
+    dup_rows = [
+        [
+            gi + 1,
+            int(manifest.ids[p]),
+            paths[p],
+            names[manifest.labels[p]],
+            scan.digests[p],
+            int(len(set(manifest.labels[g].tolist())) > 1),
+        ]
+        for gi, g in enumerate(groups)
+        for p in g
+    ]
     _write_rows(out / "duplicates.csv", ["group", "id", "path", "label", "sha1", "labels_differ"], dup_rows)
     missing_path = out / "missing.csv"
     if scan.problems:
-        rows = [[int(manifest.ids[p]), _row_of(manifest, p), paths[p], names[manifest.labels[p]], why]
-                for p, why in sorted(scan.problems.items())]  # fmt: skip
+        rows = [
+            [int(manifest.ids[p]), _row_of(manifest, p), paths[p], names[manifest.labels[p]], why]
+            for p, why in sorted(scan.problems.items())
+        ]
         _write_rows(missing_path, ["id", "row", "path", "label", "problem"], rows)
     elif missing_path.exists():
         missing_path.unlink()  # a rerun after fixing the data must not keep a stale list
 
     sorted_counts = counts[order]
-    (out / "class_frequency.png").write_bytes(figures.class_frequency(
-        sorted_counts, head_classes=summary["head"]["classes"], head_share=summary["head"]["share_of_images"],
-        tail_classes=summary["tail"]["classes"], tail_share=summary["tail"]["share_of_images"],
-        names=[names[c] for c in order]))  # fmt: skip
+    (out / "class_frequency.png").write_bytes(
+        figures.class_frequency(
+            sorted_counts,
+            head_classes=summary["head"]["classes"],
+            head_share=summary["head"]["share_of_images"],
+            tail_classes=summary["tail"]["classes"],
+            tail_share=summary["tail"]["share_of_images"],
+            names=[names[c] for c in order],
+        )
+    )
     (out / "image_sizes.png").write_bytes(figures.image_sizes(scan.widths[ok], scan.heights[ok]))
 
     result = {
@@ -180,7 +215,7 @@ def run_eda(manifest: Manifest, out_dir: str | os.PathLike, *, workers: int = 4,
         "image_sizes": {
             "read_from": "array shape" if manifest.images is not None else "image headers",
             **size_summary(scan.widths[ok], scan.heights[ok]),
-        },  # fmt: skip
+        },
         "duplicates": {
             "groups": len(groups),
             "files_in_groups": int(sum(len(g) for g in groups)),
@@ -196,7 +231,7 @@ def run_eda(manifest: Manifest, out_dir: str | os.PathLike, *, workers: int = 4,
         "files": {
             name: str(out / name)
             for name in ("class_counts.csv", "duplicates.csv", "class_frequency.png", "image_sizes.png")
-        },  # fmt: skip
+        },
     }
     if scan.problems:
         result["files"]["missing.csv"] = str(missing_path)
@@ -218,16 +253,22 @@ def format_summary(result: dict) -> str:
     sizes = result["image_sizes"]
     if sizes.get("readable"):
         w, h = sizes["width"], sizes["height"]
-        lines.append(f"image sizes ({sizes['read_from']}): width {w['min']:g}-{w['max']:g} (median {w['median']:g}), "
-                     f"height {h['min']:g}-{h['max']:g} (median {h['median']:g}), "
-                     f"{sizes['distinct_sizes']:,} distinct sizes")  # fmt: skip
+        lines.append(
+            f"image sizes ({sizes['read_from']}): width {w['min']:g}-{w['max']:g} (median {w['median']:g}), "
+            f"height {h['min']:g}-{h['max']:g} (median {h['median']:g}), "
+            f"{sizes['distinct_sizes']:,} distinct sizes"
+        )
     d = result["duplicates"]
-    lines.append(f"duplicates: {d['groups']:,} groups of identical files ({d['extra_copies']:,} extra copies, "
-                 f"{d['groups_with_different_labels']:,} with different labels)")  # fmt: skip
+    lines.append(
+        f"duplicates: {d['groups']:,} groups of identical files ({d['extra_copies']:,} extra copies, "
+        f"{d['groups_with_different_labels']:,} with different labels)"
+    )
     m = result["missing_images"]
     if m["count"] or m["unreadable"]:
-        lines.append(f"PROBLEM: {m['count']:,} missing and {m['unreadable']:,} unreadable images, e.g. "
-                     f"{m['examples'][:3]} (see missing.csv)")  # fmt: skip
+        lines.append(
+            f"PROBLEM: {m['count']:,} missing and {m['unreadable']:,} unreadable images, e.g. "
+            f"{m['examples'][:3]} (see missing.csv)"
+        )
     return "\n".join(lines)
 
 
@@ -244,8 +285,10 @@ def _row_of(manifest: Manifest, pos: int) -> int | str:
 def _count_rows(counts: np.ndarray, order: np.ndarray, names: Sequence[str]) -> list[list]:
     total = max(int(counts.sum()), 1)
     cum = np.cumsum(counts[order]) / total
-    return [[r + 1, names[c], int(counts[c]), round(counts[c] / total, 6), round(float(cum[r]), 6)]
-            for r, c in enumerate(order)]  # fmt: skip
+    return [
+        [r + 1, names[c], int(counts[c]), round(counts[c] / total, 6), round(float(cum[r]), 6)]
+        for r, c in enumerate(order)
+    ]
 
 
 def _write_rows(path: Path, header: list[str], rows: list[list]) -> None:

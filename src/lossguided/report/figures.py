@@ -78,12 +78,23 @@ def class_frequency_figure(
     ax.set_title(f"Class frequency: {k:,} classes, {int(sorted_counts.sum()):,} images")
     if head_classes:
         ax.axvspan(0.5, head_classes + 0.5, color="#f2b134", alpha=0.25, linewidth=0)
-        ax.text(0.02, 0.04, f"head: the largest {_classes(head_classes)} {head_share:.1%} of images",
-                transform=ax.transAxes, fontsize=9)  # fmt: skip
+        ax.text(
+            0.02,
+            0.04,
+            f"head: the largest {_classes(head_classes)} {head_share:.1%} of images",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
     if tail_classes:
         ax.axvspan(k - tail_classes + 0.5, k + 0.5, color="#9b59b6", alpha=0.15, linewidth=0)
-        ax.text(0.98, 0.94, f"tail: the smallest {_classes(tail_classes)} {tail_share:.1%} of images",
-                transform=ax.transAxes, ha="right", fontsize=9)  # fmt: skip
+        ax.text(
+            0.98,
+            0.94,
+            f"tail: the smallest {_classes(tail_classes)} {tail_share:.1%} of images",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize=9,
+        )
     return fig
 
 
@@ -122,8 +133,7 @@ def image_sizes_figure(widths: np.ndarray, heights: np.ndarray) -> Figure:
         ax.set_xlabel(name)
         ax.set_ylabel("images")
     aspect = widths / np.maximum(heights, 1)
-    axes[2].hist(aspect, bins=np.geomspace(max(aspect.min(), 1e-3) * 0.95, aspect.max() * 1.05 + 1e-9, 40),
-                 color=CLEAN)  # fmt: skip
+    axes[2].hist(aspect, bins=np.geomspace(max(aspect.min(), 1e-3) * 0.95, aspect.max() * 1.05 + 1e-9, 40), color=CLEAN)
     axes[2].set_xscale("log")
     lo, hi = axes[2].get_xlim()
     ticks = [t for t in (0.1, 0.25, 1 / 3, 0.5, 0.75, 1, 4 / 3, 2, 3, 4, 10) if lo <= t <= hi] or [1]
@@ -157,8 +167,16 @@ def loss_histogram(losses: np.ndarray, noisy: np.ndarray | None, thresholds: lis
             ax.hist(losses[mask], bins=bins, color=colour, histtype="step", linewidth=1.2)
     for name, value in thresholds:
         ax.axvline(value, color=MARK, linestyle="--", linewidth=1.2)
-        ax.text(value, 0.97, f"{name} = {value:.3g} ", transform=ax.get_xaxis_transform(), va="top", ha="right",
-                rotation=90, fontsize=8)  # along its line, clear of the legend  # fmt: skip
+        ax.text(
+            value,
+            0.97,
+            f"{name} = {value:.3g} ",
+            transform=ax.get_xaxis_transform(),
+            va="top",
+            ha="right",
+            rotation=90,
+            fontsize=8,
+        )  # along its line, clear of the legend
     ax.set_yscale("log")
     ax.set_xlabel("average training loss")
     ax.set_ylabel("samples (log)")

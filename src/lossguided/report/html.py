@@ -428,14 +428,19 @@ def run_resolver(run: RunFolder) -> ImageResolver:
     return ImageResolver(builtin)
 
 
-def build_report(run_dir: str | Path, options: ReportOptions = ReportOptions(), *, round: int = 1  # noqa: A002
-                 ) -> tuple[str, dict]:  # fmt: skip
+def build_report(
+    run_dir: str | Path,
+    options: ReportOptions = ReportOptions(),
+    *,
+    round: int = 1,  # noqa: A002
+) -> tuple[str, dict]:
     run = read_run(run_dir, round=round)
     return render_page(run, run_resolver(run), options)
 
 
-def write_report(run_dir: str | Path, out: str | Path, options: ReportOptions = ReportOptions(), *,
-                 round: int = 1) -> dict:  # noqa: A002  # fmt: skip
+def write_report(
+    run_dir: str | Path, out: str | Path, options: ReportOptions = ReportOptions(), *, round: int = 1
+) -> dict:  # noqa: A002
     """Write the page; returns where, its size in bytes, and what it holds."""
     page, summary = build_report(run_dir, options, round=round)
     write_text(out, page)

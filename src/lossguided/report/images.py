@@ -81,8 +81,9 @@ class ImageResolver:
     """Opens the image behind a loss-table path: a file, or `<source>#<id>` from an in-memory manifest that
     `builtin(source)` returns (loaded once per source). What cannot be opened is remembered in `missing`."""
 
-    def __init__(self, builtin: Callable[[str], Manifest | None] | None = None,
-                 manifests: Iterable[Manifest] = ()) -> None:  # fmt: skip
+    def __init__(
+        self, builtin: Callable[[str], Manifest | None] | None = None, manifests: Iterable[Manifest] = ()
+    ) -> None:
         self._builtin = builtin
         self._lock = threading.Lock()
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
@@ -140,8 +141,9 @@ class ImageResolver:
             self.missing.append(path)
             return None
 
-    def thumbnails(self, paths: Sequence[str], *, size: int = 48, quality: int = 70, workers: int = 4,
-                   progress: bool | None = None) -> list[bytes | None]:  # fmt: skip
+    def thumbnails(
+        self, paths: Sequence[str], *, size: int = 48, quality: int = 70, workers: int = 4, progress: bool | None = None
+    ) -> list[bytes | None]:
         """Thumbnails in input order (None where the image is missing); threads overlap file reads and decodes."""
         if not paths:
             return []

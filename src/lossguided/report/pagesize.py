@@ -51,9 +51,14 @@ def synthetic_table(n_classes: int, samples_per_class: int, *, noise_rate: float
     return LossTable(np.arange(n), labels, losses, np.ones(n, np.int64), preds, paths, names, true)
 
 
-def measure_page_size(n_classes: int = 50_000, *, samples_per_class: int = 20,
-                      options: ReportOptions = ReportOptions(), image_size: int = 64,
-                      out: str | Path | None = None) -> dict:  # fmt: skip
+def measure_page_size(
+    n_classes: int = 50_000,
+    *,
+    samples_per_class: int = 20,
+    options: ReportOptions = ReportOptions(),
+    image_size: int = 64,
+    out: str | Path | None = None,
+) -> dict:
     """Build the real page for a synthetic run with `n_classes` classes and measure it: total bytes, the share of
     the thumbnails and of the class index, bytes per thumbnail, and the build time."""
     from lossguided.refine.apply import select_from_table
@@ -61,9 +66,14 @@ def measure_page_size(n_classes: int = 50_000, *, samples_per_class: int = 20,
     t0 = time.perf_counter()
     table = synthetic_table(n_classes, samples_per_class)
     selected = select_from_table(table, bands=["1-5"], drop_loss_above=None, drop_quantile=0.03, per_class=None)
-    run = RunFolder(path=Path("synthetic"), round=1, config={"refine": {"drop_quantile": 0.03}}, table=table,
-                    selected_ids=selected,
-                    stages=[{"name": "pretrain", "train_samples": len(table)}])  # fmt: skip
+    run = RunFolder(
+        path=Path("synthetic"),
+        round=1,
+        config={"refine": {"drop_quantile": 0.03}},
+        table=table,
+        selected_ids=selected,
+        stages=[{"name": "pretrain", "train_samples": len(table)}],
+    )
     page, summary = render_page(run, SyntheticImages(image_size), options, title=f"synthetic {n_classes} classes")
     seconds = time.perf_counter() - t0
     raw = page.encode("utf-8")

@@ -54,8 +54,10 @@ def read_run(run_dir: str | Path, *, round: int = 1) -> RunFolder:  # noqa: A002
         out.notices.append(f"{run} holds no stage folder (pretrain/, record1/, refine1/, ...): is it a run folder?")
     for name in present:
         if not (run / name / layout.DONE).is_file():
-            out.notices.append(f"stage {name} has no done.json: it was interrupted or is still running, so its "
-                               "results are missing (its curve shows the epochs it logged)")  # fmt: skip
+            out.notices.append(
+                f"stage {name} has no done.json: it was interrupted or is still running, so its "
+                "results are missing (its curve shows the epochs it logged)"
+            )
     _read_stages(out, present)
     for name in present:
         records = _read_jsonl(run / name / layout.EPOCHS, out.notices)
@@ -86,8 +88,10 @@ def _read_stages(out: RunFolder, present: list[str]) -> None:
         except (json.JSONDecodeError, AttributeError) as e:
             out.notices.append(f"metrics.json unreadable ({e}); the stages table comes from each stage's done.json")
     else:
-        out.notices.append("metrics.json missing: the run has not finished (or was interrupted); the stages table "
-                           "shows only the finished stages, from their done.json")  # fmt: skip
+        out.notices.append(
+            "metrics.json missing: the run has not finished (or was interrupted); the stages table "
+            "shows only the finished stages, from their done.json"
+        )
     for name in present:
         done = out.path / name / "done.json"
         if done.is_file() and not name.startswith("record"):
@@ -115,8 +119,10 @@ def _read_losses(out: RunFolder) -> None:
     r = out.round
     path = layout.RunLayout(out.path).losses(r)
     if not path.is_file():
-        out.notices.append(f"record{r}/losses.npz missing: no loss histogram and no per-class gallery "
-                           f"(loss recording of round {r} has not finished)")  # fmt: skip
+        out.notices.append(
+            f"record{r}/losses.npz missing: no loss histogram and no per-class gallery "
+            f"(loss recording of round {r} has not finished)"
+        )
         return
     try:
         out.table = LossTable.load(path)

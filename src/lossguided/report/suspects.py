@@ -32,8 +32,9 @@ def rank_in_class(ids: np.ndarray, labels: np.ndarray, losses: np.ndarray) -> np
     return ranks
 
 
-def rank_suspects(ids: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, per_class: int | None = None,
-                  top: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def rank_suspects(
+    ids: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, per_class: int | None = None, top: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the suspects, highest loss first (ties: smaller id), at most `per_class` per class and `top`
     in all; and every sample's rank inside its class."""
     for name, v in (("per_class", per_class), ("top", top)):
@@ -45,8 +46,9 @@ def rank_suspects(ids: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, pe
     return (pos[:top] if top else pos), ranks
 
 
-def write_suspects(table: LossTable, out_csv: str | os.PathLike, *, per_class: int | None = None,
-                   top: int | None = None) -> dict:  # fmt: skip
+def write_suspects(
+    table: LossTable, out_csv: str | os.PathLike, *, per_class: int | None = None, top: int | None = None
+) -> dict:
     """Write the ranked suspects: rank, id, path (absolute, as in every CSV the tool writes), label, predicted, loss,
     rank_in_class, class_size[, true_label], corrected_label (empty, for a person to fill in)."""
     pos, ranks = rank_suspects(table.ids, table.labels, table.losses, per_class=per_class, top=top)
@@ -58,8 +60,16 @@ def write_suspects(table: LossTable, out_csv: str | os.PathLike, *, per_class: i
         w = csv.writer(f)
         w.writerow(header)
         for r, p in enumerate(pos, 1):
-            row = [r, int(table.ids[p]), csv_path(table.paths[p]), names[table.labels[p]], names[table.preds[p]],
-                   f"{float(table.losses[p]):.6g}", int(ranks[p]), int(sizes[table.labels[p]])]  # fmt: skip
+            row = [
+                r,
+                int(table.ids[p]),
+                csv_path(table.paths[p]),
+                names[table.labels[p]],
+                names[table.preds[p]],
+                f"{float(table.losses[p]):.6g}",
+                int(ranks[p]),
+                int(sizes[table.labels[p]]),
+            ]
             row += ([names[truth[p]]] if truth is not None else []) + [""]
             w.writerow([safe_cell(c) for c in row])  # no cell a spreadsheet runs; read_corrections undoes it
     out = {"out": str(out_csv), "suspects": int(len(pos)), "of": int(len(table))}
@@ -79,8 +89,10 @@ def read_corrections(path: str | os.PathLike) -> dict[int, tuple[int, str, str |
         header = reader.fieldnames or []
         missing = [c for c in ("id", "corrected_label") if c not in header]
         if missing:
-            raise DataError(f"{path}: row 1: missing column(s) {missing}; expected the CSV written by "
-                            "`lossguided suspects` with its corrected_label column filled in")  # fmt: skip
+            raise DataError(
+                f"{path}: row 1: missing column(s) {missing}; expected the CSV written by "
+                "`lossguided suspects` with its corrected_label column filled in"
+            )
         out: dict[int, tuple[int, str, str | None]] = {}
         for row, rec in enumerate(reader, start=2):
             try:
@@ -95,8 +107,13 @@ def read_corrections(path: str | os.PathLike) -> dict[int, tuple[int, str, str |
     return out
 
 
-def relabel_manifest(manifest: Manifest, corrections_csv: str | os.PathLike, out_csv: str | os.PathLike, *,
-                     allow_new_labels: bool = False) -> dict:  # fmt: skip
+def relabel_manifest(
+    manifest: Manifest,
+    corrections_csv: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    *,
+    allow_new_labels: bool = False,
+) -> dict:
     """Apply the corrections to `manifest` and write `id,path,label` (absolute paths) to `out_csv`.
 
     Errors name the corrections file and row: an id the manifest lacks, a label that is not a class (unless
@@ -115,8 +132,10 @@ def relabel_manifest(manifest: Manifest, corrections_csv: str | os.PathLike, out
         if p is None:
             raise DataError(f"{corrections_csv}: row {row}: id {sample_id} is not in {manifest.source}")
         if given is not None and given != label_names[p]:
-            raise DataError(f"{corrections_csv}: row {row}: id {sample_id} has label {label_names[p]!r} in "
-                            f"{manifest.source}, not {given!r}: corrections made for another manifest?")  # fmt: skip
+            raise DataError(
+                f"{corrections_csv}: row {row}: id {sample_id} has label {label_names[p]!r} in "
+                f"{manifest.source}, not {given!r}: corrections made for another manifest?"
+            )
         if not corrected:
             continue
         if corrected == DROP:
@@ -124,8 +143,10 @@ def relabel_manifest(manifest: Manifest, corrections_csv: str | os.PathLike, out
             continue
         if corrected not in known:
             if not allow_new_labels:
-                raise DataError(f"{corrections_csv}: row {row}: corrected_label {corrected!r} is not a class of "
-                                f"{manifest.source} (a typo? --allow-new-labels creates it)")  # fmt: skip
+                raise DataError(
+                    f"{corrections_csv}: row {row}: corrected_label {corrected!r} is not a class of "
+                    f"{manifest.source} (a typo? --allow-new-labels creates it)"
+                )
             new_classes.add(corrected)
         if corrected != label_names[p]:
             label_names[p] = corrected
@@ -139,9 +160,15 @@ def relabel_manifest(manifest: Manifest, corrections_csv: str | os.PathLike, out
         w.writerow(["id", "path", "label"])
         w.writerows(zip(manifest.ids[keep].tolist(), paths, label_names[keep], strict=True))
     remaining = set(label_names[keep])
-    return {"out": str(out_csv), "samples": int(keep.sum()), "dropped": int((~keep).sum()), "relabelled": relabelled,
-            "classes": len(remaining), "new_classes": sorted(new_classes),
-            "emptied_classes": sorted(known - remaining)}  # fmt: skip
+    return {
+        "out": str(out_csv),
+        "samples": int(keep.sum()),
+        "dropped": int((~keep).sum()),
+        "relabelled": relabelled,
+        "classes": len(remaining),
+        "new_classes": sorted(new_classes),
+        "emptied_classes": sorted(known - remaining),
+    }
 
 
 def _paths_for_csv(manifest: Manifest, keep: np.ndarray, out_csv: Path) -> list[str]:
