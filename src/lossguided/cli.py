@@ -223,7 +223,7 @@ def _resolve(args: argparse.Namespace, *, section: str | None = "pretrain") -> c
 # -- subcommands ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from lossguided import runlock, stages
-    from lossguided.engine.distributed import get_info
+    from lossguided.distributed import get_info
 
     section = "finetune" if args.init_from else "pretrain"
     cfg = _resolve(args, section=section)
@@ -319,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _is_main() -> bool:
-    from lossguided.engine.distributed import get_info
+    from lossguided.distributed import get_info
 
     return get_info().is_main
 
@@ -824,8 +824,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
     )
     from lossguided.data.manifest import DataError, one_line_message
+    from lossguided.distributed import init_distributed, shutdown
     from lossguided.engine.checkpoint import CheckpointError
-    from lossguided.engine.distributed import init_distributed, shutdown
 
     try:
         if init_distributed().is_main:

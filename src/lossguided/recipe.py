@@ -14,7 +14,7 @@ import yaml
 
 from lossguided import layout, runlock, stages
 from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differences, from_dict, to_dict
-from lossguided.engine.distributed import barrier, broadcast_object, get_info
+from lossguided.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
 from lossguided.losstable import LossTable
 from lossguided.refine.apply import select_with_info, selection_stats, write_selection

@@ -198,7 +198,7 @@ def record_losses(
 def _record_with_pred_probs(cfg: RecipeConfig, train_set: Manifest, pred_probs_path: Path, **kw) -> LossTable:
     from numpy.lib.format import open_memmap
 
-    from lossguided.engine.distributed import get_info
+    from lossguided.distributed import get_info
     from lossguided.io import atomic_path
 
     n, k = len(train_set), len(train_set.classes)

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lossguided.engine.distributed import all_gather_tensors
+from lossguided.distributed import all_gather_tensors
 
 pytestmark = [pytest.mark.dist, pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")]
 

@@ -240,7 +240,7 @@ def test_eda_reads_sizes_and_hashes_of_shard_samples(tmp_path, image_csv):
 def test_under_torchrun_every_rank_reaches_the_barrier_also_when_the_read_fails(tmp_path, monkeypatch, local_rank):
     from types import SimpleNamespace
 
-    import lossguided.engine.distributed as dist
+    import lossguided.distributed as dist
 
     calls = []
     monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))

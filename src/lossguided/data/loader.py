@@ -8,7 +8,7 @@ import os
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
-from lossguided.engine.distributed import DistInfo, get_info
+from lossguided.distributed import DistInfo, get_info
 
 
 def private_memory_mib() -> float:

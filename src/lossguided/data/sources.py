@@ -227,7 +227,7 @@ def _once_per_machine(read: Callable[..., Manifest], spec, **kwargs) -> Manifest
     """`read(spec)`, by local rank 0 first (it fills the cache: a CSV's columns, the shards' offsets indexes); the
     other ranks then read from that cache. Every rank reaches the barrier, also when the first read fails (then
     local rank 0 raises its error and the others find theirs)."""
-    from lossguided.engine.distributed import barrier, get_info
+    from lossguided.distributed import barrier, get_info
 
     info = get_info()
     if not info.enabled:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from lossguided.data.loader import create_loader
 from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, BatchTransform
-from lossguided.engine.distributed import all_gather_tensors, get_info
+from lossguided.distributed import all_gather_tensors, get_info
 from lossguided.metrics import classification_metrics
 
 

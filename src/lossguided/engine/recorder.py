@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lossguided.engine.distributed import all_gather_tensors
+from lossguided.distributed import all_gather_tensors
 
 TOP_K = 5
 _FIELDS = ("ids", "losses", "preds", "p_label", "top_classes", "top_probs")

@@ -33,14 +33,14 @@ from lossguided.data.loader import create_loader
 from lossguided.data.manifest import ClassMap, DataError
 from lossguided.data.transforms import BatchTransform, normalization
 from lossguided.disk import DiskFullError
-from lossguided.engine import checkpoint
-from lossguided.engine.distributed import (
+from lossguided.distributed import (
     all_gather_objects,
     all_reduce_sum,
     broadcast_buffers,
     default_device,
     get_info,
 )
+from lossguided.engine import checkpoint
 from lossguided.engine.evaluate import evaluate
 from lossguided.engine.loss import create_criterion
 from lossguided.engine.optim import create_optimizer, create_scheduler

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from lossguided.data.manifest import DataError, Manifest
 from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, TTA_VIEWS, BatchTransform, saved_normalization
+from lossguided.distributed import all_gather_objects, barrier, default_device, get_info
 from lossguided.engine import checkpoint
-from lossguided.engine.distributed import all_gather_objects, barrier, default_device, get_info
 from lossguided.ensemble.store import FeatureSet, FeatureWriter, open_features
 from lossguided.models import classifier_weights, load_model, pre_logits
 

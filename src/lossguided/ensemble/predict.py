@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lossguided.data.manifest import DataError, Manifest
-from lossguided.engine.distributed import broadcast_object, default_device, get_info
+from lossguided.distributed import broadcast_object, default_device, get_info
 from lossguided.ensemble.combine import ensemble_topk
 from lossguided.ensemble.store import check_compatible, open_features
 from lossguided.io import atomic_path
