@@ -6,9 +6,13 @@ known (benchmarks). From the recorder, where it kept them (last recorded epoch):
 the model gave the given label, and `top_classes` [N, 5] / `top_probs` [N, 5] float16, its five most probable classes.
 The class names are stored beside them.
 
-Sized for 2.55M rows: paths are one UTF-8 byte buffer with per-row lengths (and a common prefix stored once), class
-indices are uint16 where the class count allows, and the file is compressed. Tables written before that (`path` as a
-fixed-width string column) still load. In memory, class indices are int64 (the top-5 int32) and paths a `StringColumn`.
+Sized for 2.55M rows (under 100 MB with the top-5, `benchmarks/scale_sim.py`): paths are one UTF-8 byte buffer
+with per-row lengths (and a common prefix stored once), ids are stored as their first value and the gaps between
+them (ascending, so the gaps are small and deflate to almost nothing), class indices are uint16 where the class
+count allows, `pred` is not stored where it is the top-1 class anyway, `p_label` is float16 on disk, and the file is
+compressed. Tables written before that (`id` and `pred` whole, `path` as a fixed-width string column, `p_label`
+float32) still load. In memory, ids are int64, class indices int64 (the top-5 int32), `p_label` float32 and paths a
+`StringColumn`.
 """
 
 from __future__ import annotations
@@ -87,12 +91,14 @@ class LossTable:
         k = len(self.classes)
         index = np.uint16 if k <= np.iinfo(np.uint16).max else np.int32
         lengths = np.diff(self.paths.offsets)
+        ids = np.asarray(self.ids, dtype=np.int64)
+        gaps = np.diff(ids)
         cols = {
-            "id": np.asarray(self.ids, dtype=np.int64),
+            "id_first": ids[:1],
+            "id_gap": gaps.astype(_smallest_uint(gaps.max(initial=0))) if (gaps > 0).all() else gaps,
             "label": np.asarray(self.labels).astype(index),
             "loss": np.asarray(self.losses, dtype=np.float32),
             "n_records": np.asarray(self.n_records).astype(np.int32),
-            "pred": np.asarray(self.preds).astype(index if len(self) == 0 or self.preds.min() >= 0 else np.int32),
             "path_buffer": self.paths.buffer,
             "path_lengths": lengths.astype(np.uint16 if lengths.max(initial=0) <= 65535 else np.int64),
             "path_prefix": np.array(self.paths.prefix),
@@ -101,11 +107,14 @@ class LossTable:
         if self.true_labels is not None:
             cols["true_label"] = np.asarray(self.true_labels).astype(index)
         if self.p_label is not None:
-            cols["p_label"] = np.asarray(self.p_label, dtype=np.float32)
+            cols["p_label"] = np.asarray(self.p_label, dtype=np.float16)  # shown to people, never ranked by
+        preds = np.asarray(self.preds)
         if self.top_classes is not None:
             top = np.asarray(self.top_classes)
             cols["top_classes"] = top.astype(index if top.size == 0 or top.min() >= 0 else np.int32)  # -1 pads
             cols["top_probs"] = np.asarray(self.top_probs, dtype=np.float16)
+        if self.top_classes is None or not np.array_equal(preds, np.asarray(self.top_classes)[:, 0]):
+            cols["pred"] = preds.astype(index if len(self) == 0 or preds.min() >= 0 else np.int32)
         with atomic_path(path) as tmp:
             _write_npz(tmp, cols)
 
@@ -120,6 +129,10 @@ class LossTable:
                 cols = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: not a readable loss table ({e})") from None
+        if "id" not in cols and {"id_first", "id_gap"} <= set(cols):  # stored as the first id and the gaps
+            cols["id"] = np.concatenate([cols["id_first"], cols["id_gap"]]).astype(np.int64).cumsum()
+        if "pred" not in cols and "top_classes" in cols:  # stored once, as the top-1 class
+            cols["pred"] = cols["top_classes"][:, 0]
         need = ("id", "label", "loss", "n_records", "pred", "classes")
         missing = [c for c in need if c not in cols]
         if "path" not in cols and not {"path_buffer", "path_lengths"} <= set(cols):
@@ -156,7 +169,7 @@ class LossTable:
             paths,
             ClassMap(tuple(str(c) for c in cols["classes"])),
             as_index("true_label"),
-            cols.get("p_label"),
+            cols["p_label"].astype(np.float32) if "p_label" in cols else None,
             as_index("top_classes", np.int32),  # [N, 5]: int32 keeps 2.55M rows at 51 MB
             cols.get("top_probs"),
         )
@@ -165,6 +178,10 @@ class LossTable:
     def is_noisy(self) -> np.ndarray | None:
         """True where the given label is wrong (known only for benchmarks)."""
         return None if self.true_labels is None else self.labels != self.true_labels
+
+
+def _smallest_uint(top: int) -> type:
+    return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max)
 
 
 def _write_npz(file: Path, cols: dict[str, np.ndarray]) -> None:
