@@ -19,7 +19,8 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
                       9 * ln 10 / ln 50,030 = 1.915;
 * recipe, auto      - the cpu-small recipe with `refine.drop_loss_above: auto` (per-class mixture, no true labels);
 * recipe, 1.5       - the same with the fixed 1.5 nats of the first benchmark;
-* ensemble          - recipe auto + two more fine-tune seeds through saved features, TTA chosen on val.
+* ensemble          - recipe auto + two more fine-tune seeds through saved features, TTA chosen on val;
+* rounds3           - recipe auto with a third record/refine round (rounds 1-2 shared with the auto row).
 
 Every row is cached as JSON under --results (committed, so the table builds up across sessions) keyed by its
 setting, row and seed; model folders live under --work. `--plan` picks which (setting, row, seed) to compute, in
@@ -128,12 +129,14 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
-        """variant: auto | fixed (1.5) | paper | ensemble. Non-auto variants reuse the auto run's pre-training."""
+        """variant: auto | fixed (1.5) | paper | ensemble | rounds3. Non-auto variants reuse the auto run's
+        pre-training."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
             "fixed": {"refine.drop_loss_above": 1.5},
             "paper": {"refine.drop_loss_above": PAPER_DROP, "refine.bands": ["1-5", "6-10", "11-15"]},
             "ensemble": {"refine.drop_loss_above": "auto", "ensemble.seeds": [101, 102]},
+            "rounds3": {"refine.drop_loss_above": "auto", "refine.rounds": 3},
         }[variant]
 
         def run() -> dict:
@@ -143,7 +146,7 @@ class Bench:
                 self.recipe_row(setting, seed, "auto")
                 self.pretrained(setting, seed)
                 _share_stage(self.dir(setting, "recipe_auto", seed), out, "pretrain")
-                if variant == "ensemble":  # the same rounds, then the extra seeds
+                if variant in ("ensemble", "rounds3"):  # the same rounds, then the extra seeds or round
                     for stage in ("record1", "refine1", "record2", "refine2"):
                         _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
             metrics = run_recipe(cfg, out_dir=out)
@@ -396,6 +399,7 @@ ROW_ORDER = [
     ("recipe_paper", "paper's rule (bands 1-5/6-10/11-15, drop 1.915)"),
     ("recipe_fixed", "recipe, fixed 1.5 nats"),
     ("recipe_auto", "recipe, auto threshold"),
+    ("recipe_rounds3", "recipe auto, a third round"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]
 
