@@ -20,7 +20,9 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
 * recipe, auto      - the cpu-small recipe with `refine.drop_loss_above: auto` (per-class mixture, no true labels);
 * recipe, 1.5       - the same with the fixed 1.5 nats of the first benchmark;
 * ensemble          - recipe auto + two more fine-tune seeds through saved features, TTA chosen on val;
-* rounds3           - recipe auto with a third record/refine round (rounds 1-2 shared with the auto row).
+* rounds3           - recipe auto with a third record/refine round (rounds 1-2 shared with the auto row);
+* disagree          - recipe auto that also drops samples whose recorded prediction is another class
+                      (`refine.drop_disagreeing`; each class keeps its 5 lowest losses).
 
 Every row is cached as JSON under --results (committed, so the table builds up across sessions) keyed by its
 setting, row and seed; model folders live under --work. `--plan` picks which (setting, row, seed) to compute, in
@@ -129,7 +131,7 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
-        """variant: auto | fixed (1.5) | paper | ensemble | rounds3. Non-auto variants reuse the auto run's
+        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree. Non-auto variants reuse the auto run's
         pre-training."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
@@ -137,6 +139,7 @@ class Bench:
             "paper": {"refine.drop_loss_above": PAPER_DROP, "refine.bands": ["1-5", "6-10", "11-15"]},
             "ensemble": {"refine.drop_loss_above": "auto", "ensemble.seeds": [101, 102]},
             "rounds3": {"refine.drop_loss_above": "auto", "refine.rounds": 3},
+            "disagree": {"refine.drop_loss_above": "auto", "refine.drop_disagreeing": True},
         }[variant]
 
         def run() -> dict:
@@ -149,6 +152,8 @@ class Bench:
                 if variant in ("ensemble", "rounds3"):  # the same rounds, then the extra seeds or round
                     for stage in ("record1", "refine1", "record2", "refine2"):
                         _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
+                if variant == "disagree":  # the same first recording, another selection
+                    _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
             metrics = run_recipe(cfg, out_dir=out)
             splits = stages.load_splits(cfg.data)
             final = metrics["stages"][-1]
@@ -400,6 +405,7 @@ ROW_ORDER = [
     ("recipe_fixed", "recipe, fixed 1.5 nats"),
     ("recipe_auto", "recipe, auto threshold"),
     ("recipe_rounds3", "recipe auto, a third round"),
+    ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]
 

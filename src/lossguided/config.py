@@ -146,6 +146,7 @@ class RefineConfig:
     drop_loss_above: float | str | None = 9.0  # nats; 'auto': per class, from the losses (refine/threshold.py)
     drop_quantile: float | None = None
     per_class: int | None = None  # width of the median band
+    drop_disagreeing: bool = False  # also drop samples the model assigns to another class (refine/threshold.py)
 
     def __post_init__(self) -> None:
         from lossguided.refine.select import parse_band

@@ -104,6 +104,7 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 drop_loss_above=refine.drop_loss_above,
                 drop_quantile=refine.drop_quantile,
                 per_class=refine.per_class,
+                drop_disagreeing=refine.drop_disagreeing,
             )
             stats = selection_stats(table, ids) | info
             if get_info().is_main:

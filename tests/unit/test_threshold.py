@@ -58,3 +58,15 @@ def test_summary_is_json_ready_and_errors_name_the_problem():
         estimate_drop_threshold(labels, np.where(labels == 0, np.nan, losses))
     with pytest.raises(ValueError, match="1-D"):
         estimate_drop_threshold(labels.astype(float), losses)
+
+
+def test_disagreeing_samples_are_dropped_but_no_class_is_emptied():
+    from lossguided.refine.threshold import agreeing_mask
+
+    labels = np.array([0] * 6 + [1] * 8)
+    losses = np.array([0.1, 0.2, 3.0, 0.3, 2.0, 0.4] + [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 6.0, 7.0])
+    preds = np.array([0, 0, 1, 0, 1, 0] + [0] * 8)  # class 1: the model never agrees
+    keep = agreeing_mask(labels, losses, preds, min_keep=3)
+    assert keep[:6].tolist() == [True, True, False, True, False, True]  # class 0: the two disagreeing go
+    kept_1 = np.sort(losses[6:][keep[6:]])
+    assert kept_1.tolist() == [0.5, 1.0, 2.0]  # class 1 keeps its three lowest losses

@@ -15,7 +15,7 @@ from lossguided.layout import csv_path
 from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
 from lossguided.refine.select import select, union
-from lossguided.refine.threshold import estimate_drop_threshold
+from lossguided.refine.threshold import agreeing_mask, estimate_drop_threshold
 
 
 def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
@@ -41,10 +41,16 @@ def select_from_table(
     drop_loss_above: float | str | None,
     drop_quantile: float | None,
     per_class: int | None,
+    drop_disagreeing: bool = False,
 ) -> np.ndarray:
     """Sorted ids of the union of `bands`; drop_loss_above 'auto' finds a threshold per class from the losses."""
     return select_with_info(
-        table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile, per_class=per_class
+        table,
+        bands=bands,
+        drop_loss_above=drop_loss_above,
+        drop_quantile=drop_quantile,
+        per_class=per_class,
+        drop_disagreeing=drop_disagreeing,
     )[0]
 
 
@@ -55,10 +61,16 @@ def select_with_info(
     drop_loss_above: float | str | None,
     drop_quantile: float | None,
     per_class: int | None,
+    drop_disagreeing: bool = False,
 ) -> tuple[np.ndarray, dict]:
-    """`select_from_table` plus how the drop threshold was found (for the stats, metrics.json and the report)."""
+    """`select_from_table` plus how the drop threshold was found (for the stats, metrics.json and the report).
+    `drop_disagreeing` also drops samples the model assigned to another class (each class keeps its 5 lowest)."""
     ids, labels, losses = table.ids, table.labels, table.losses
     info: dict = {"drop_loss_above": drop_loss_above}
+    if drop_disagreeing:
+        agree = agreeing_mask(labels, losses, table.preds)
+        ids, labels, losses = ids[agree], labels[agree], losses[agree]
+        info["dropped_disagreeing"] = int((~agree).sum())
     if drop_loss_above == "auto":
         auto = estimate_drop_threshold(labels, losses, num_classes=len(table.classes))
         keep = auto.keep_mask(labels, losses)
@@ -108,12 +120,18 @@ def select_to_manifest(
     drop_loss_above: float | str | None = 9.0,
     drop_quantile: float | None = None,
     per_class: int | None = None,
+    drop_disagreeing: bool = False,
 ) -> dict:
     """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out."""
     table = LossTable.load(losses_path)
     try:
         ids, info = select_with_info(
-            table, bands=bands, drop_loss_above=drop_loss_above, drop_quantile=drop_quantile, per_class=per_class
+            table,
+            bands=bands,
+            drop_loss_above=drop_loss_above,
+            drop_quantile=drop_quantile,
+            per_class=per_class,
+            drop_disagreeing=drop_disagreeing,
         )
     except ValueError as e:
         raise DataError(f"{losses_path}: {e}") from None

@@ -216,3 +216,17 @@ def _kth_smallest(losses: np.ndarray, labels: np.ndarray, k: int, m: int) -> np.
 
 def _json_float(v: float) -> float | None:
     return None if not np.isfinite(v) else round(float(v), 6)
+
+
+def agreeing_mask(labels: np.ndarray, losses: np.ndarray, preds: np.ndarray, *, min_keep: int = 5) -> np.ndarray:
+    """[N] bool: samples whose recorded prediction is their given label, plus each class's `min_keep` lowest-loss
+    samples (no class is emptied). Why: a look-alike wrong label is partly learned, so its loss can sit inside the
+    clean mode of its class (no second mode for the mixture to find), yet a model that has not fully memorised it
+    still rates the true class higher: the disagreement catches what the loss threshold cannot, without labels."""
+    labels, losses = np.asarray(labels), np.asarray(losses, dtype=np.float64)
+    keep = np.asarray(preds) == labels
+    order = np.lexsort((losses, labels))  # by class, then loss
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    keep[order[np.arange(len(order)) - starts < min_keep]] = True
+    return keep
