@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from lossguided.config import TrainConfig
-from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.sources import make_dataset
+from lossguided.data.storage import Storage
 from lossguided.engine.trainer import Trainer
 from lossguided.models import create_model
 
@@ -54,7 +55,7 @@ def main() -> int:
         labels=rng.integers(0, k, b),
         classes=classes,
         source="gpu_smoke",
-        images=rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+        storage=Storage.arrays(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)),
     )
     cfg = TrainConfig(
         epochs=args.warmup + args.steps, batch_size=b, lr=1e-4, amp=not args.no_amp, channels_last=True, flip=True

@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lossguided.data.datasets import make_dataset
 from lossguided.data.loader import create_loader
 from lossguided.data.manifest import read_csv
 from lossguided.data.preprocessed import preprocess, read_preprocessed
+from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, BatchTransform
 
 

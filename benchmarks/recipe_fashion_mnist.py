@@ -47,7 +47,7 @@ import torch
 from lossguided import config as config_mod
 from lossguided import stages
 from lossguided.config import RecipeConfig
-from lossguided.data.datasets import make_dataset
+from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import BatchTransform
 from lossguided.engine import checkpoint
 from lossguided.io import write_json

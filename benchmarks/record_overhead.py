@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from lossguided.config import TrainConfig
-from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.sources import make_dataset
+from lossguided.data.storage import Storage
 from lossguided.engine.recorder import LossRecorder
 from lossguided.engine.trainer import Trainer
 from lossguided.models import create_model
@@ -41,7 +42,7 @@ def main() -> None:
         labels=rng.integers(0, k, args.samples),
         classes=classes,
         source="bench",
-        images=rng.integers(0, 255, (args.samples, args.image_size, args.image_size), dtype=np.uint8),
+        storage=Storage.arrays(rng.integers(0, 255, (args.samples, args.image_size, args.image_size), dtype=np.uint8)),
     )
     ds = make_dataset(m, image_size=args.image_size)
     cfg = TrainConfig(epochs=10_000, batch_size=args.batch_size, lr=1e-4)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lossguided.data.manifest import ClassMap, DataError, Manifest
+from lossguided.data.storage import Storage
 
 TOP_K = 5
 
@@ -23,11 +24,13 @@ def load_manifest(
     split: str = "train",
     classes: ClassMap | Sequence[str] | None = None,
     root: str | os.PathLike | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """A manifest from a CSV path (`path,label[,id]`), an ImageFolder root, a `lossguided preprocess` folder,
-    `'fashion-mnist'` (its `split`), or a pandas DataFrame with columns `path`, `label` and optionally `id`
-    (relative paths resolve against `root`, default the working folder). `classes` encodes the labels through a
-    fixed class map (e.g. a checkpoint's)."""
+    WebDataset shards, `'fashion-mnist'` (its `split`), or a pandas DataFrame with columns `path`, `label` and
+    optionally `id` (relative paths resolve against `root`, default the working folder). `classes` encodes the labels
+    through a fixed class map (e.g. a checkpoint's); `options` are data settings by name (a config's data section,
+    e.g. how the built-in benchmark is made)."""
     class_map = ClassMap(tuple(classes)) if classes is not None and not isinstance(classes, ClassMap) else classes
     if _is_dataframe(source):
         return _from_dataframe(source, classes=class_map, root=Path(root) if root is not None else Path.cwd())
@@ -35,7 +38,7 @@ def load_manifest(
         raise TypeError(f"load_manifest: expected a path, 'fashion-mnist' or a DataFrame, got {type(source).__name__}")
     from lossguided.data.sources import load_manifest as _load
 
-    return _load(os.fspath(source), split=split, classes=class_map)
+    return _load(os.fspath(source), split=split, classes=class_map, options=options)
 
 
 def _is_dataframe(x: Any) -> bool:
@@ -74,7 +77,7 @@ def _from_dataframe(df: Any, *, classes: ClassMap | None, root: Path) -> Manifes
         labels=classes.encode(label_arr, source="DataFrame"),
         classes=classes,
         source="DataFrame",
-        paths=np.array(paths, dtype=object),
+        storage=Storage.files(paths),
     )
 
 
@@ -263,7 +266,8 @@ def run_recipe(
     """Run (or resume) pre-train, record, select and fine-tune into `out_dir`; returns the stages table
     (`{"stages": [...]}`, also in OUT/metrics.json). `recipe` is a shipped name, a YAML path or a `RecipeConfig`;
     `overrides` are nested (`{"pretrain": {"epochs": 1}}`) or dotted (`["pretrain.epochs=1"]`)."""
-    from lossguided import config, layout
+    from lossguided import config
+    from lossguided.engine import checkpoint
     from lossguided.recipe import run_recipe as _run
 
     if isinstance(recipe, config.RecipeConfig):
@@ -273,5 +277,5 @@ def run_recipe(
         cfg = config.load(recipe, overrides if isinstance(overrides, Mapping) else list(overrides or []))
     metrics = _run(cfg, out_dir=out_dir)
     if not keep_optimizer:
-        layout.slim_finished_stages(out_dir)
+        checkpoint.slim_finished_stages(out_dir)
     return metrics

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lossguided import config as config_mod
@@ -32,6 +33,7 @@ DATA_FLAGS = {
     "skip_bad_images": "data.skip_bad_images",
     "confine_paths": "data.confine_paths",
 }
+BUILTIN_DATA_FLAGS = ("data_dir", "imbalance_ratio", "noise_rate", "noise_kind", "data_seed", "train_limit")
 MODEL_FLAGS = {"model": "model.name", "pretrained": "model.pretrained", "pretrained_path": "model.pretrained_path"}
 TRAIN_FLAGS = {
     "epochs": "epochs",
@@ -67,7 +69,7 @@ def _recipe_default(key: str, where: str, defaults: config_mod.RecipeConfig) -> 
     for part in key.split("."):
         node = getattr(node, part)
     shown = "none" if node is None else " ".join(map(str, node)) if isinstance(node, list) else str(node)
-    return f"(default: {where} {shown})".replace("%", "%%")
+    return f"(default: {where + ' ' if where else ''}{shown})".replace("%", "%%")
 
 
 def _add_data(
@@ -111,7 +113,14 @@ def _add_data(
         help="refuse a manifest whose image paths leave its own folder ('../', absolute paths, links out) "
         f"{d('data.confine_paths')}",
     )
-    f = p.add_argument_group("fashion-mnist (built-in benchmark data)")
+    _add_builtin_data(p, d)
+
+
+def _add_builtin_data(p: argparse.ArgumentParser, d: Callable[[str], str] | None = None) -> None:
+    """How the built-in benchmark is made: the one declaration of these flags, for every command that reads images.
+    `d(key)` says where a flag's default comes from (default: the built-in values)."""
+    d = d or (lambda key: _recipe_default(key, "", config_mod.RecipeConfig()))
+    f = p.add_argument_group("fashion-mnist (built-in benchmark data, when a manifest is 'fashion-mnist[:split]')")
     f.add_argument("--data-dir", help=f"folder of the IDX files {d('data.data_dir')}")
     f.add_argument("--imbalance-ratio", type=float, help=f"largest / smallest class size {d('data.imbalance_ratio')}")
     f.add_argument("--noise-rate", type=float, help=f"share of wrong labels {d('data.noise_rate')}")
@@ -120,6 +129,16 @@ def _add_data(
     )
     f.add_argument("--data-seed", type=int, help=f"seed of the long tail and the noise {d('data.data_seed')}")
     f.add_argument("--train-limit", type=int, help="keep only this many training samples (quick runs) (default: all)")
+
+
+def _data_options(args: argparse.Namespace, base: config_mod.DataConfig | None = None) -> dict:
+    """Data settings for `load_manifest`: `base` (a checkpoint's data section) with the built-in data flags given."""
+    options = config_mod.to_dict(base) if base is not None else {}
+    return options | {k: getattr(args, k) for k in BUILTIN_DATA_FLAGS if getattr(args, k, None) is not None}
+
+
+def _checkpoint_default(key: str) -> str:
+    return _recipe_default(key, "the checkpoint's, else", config_mod.RecipeConfig())
 
 
 def _add_model(
@@ -289,7 +308,6 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lossguided import stages
     from lossguided.data.sources import load_manifest, make_dataset
     from lossguided.data.transforms import saved_normalization
     from lossguided.engine import checkpoint
@@ -299,8 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     state = checkpoint.load(args.checkpoint)
     cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
     classes = checkpoint.classes_of(state)
-    opts = stages.fashion_mnist_options(cfg.data)
-    manifest = load_manifest(args.test, split="test", classes=classes, fashion_mnist_options=opts)
+    manifest = load_manifest(args.test, split="test", classes=classes, options=_data_options(args, cfg.data))
     model, _ = load_model(state, device=_device())
     dataset = make_dataset(manifest.with_classes(classes), image_size=args.image_size or cfg.data.image_size)
     metrics = evaluate(
@@ -349,10 +366,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from lossguided.data.preprocessed import preprocess
     from lossguided.data.sources import load_manifest
 
-    manifest = load_manifest(args.manifest, split="train")
+    manifest = load_manifest(args.manifest, split="train", options=_data_options(args))
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if args.format == "webdataset":
-        from lossguided.data.webdataset import write_webdataset
+        from lossguided.data.webdataset_writer import write_webdataset
 
         summary = write_webdataset(
             manifest,
@@ -379,7 +396,6 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from lossguided import stages
     from lossguided.data.sources import load_manifest
     from lossguided.engine import checkpoint
     from lossguided.ensemble.extract import extract_features
@@ -387,10 +403,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     state = checkpoint.load(args.checkpoint)
     cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
     manifest = load_manifest(
-        args.data,
-        split="test",
-        classes=checkpoint.classes_of(state),
-        fashion_mnist_options=stages.fashion_mnist_options(cfg.data),
+        args.data, split="test", classes=checkpoint.classes_of(state), options=_data_options(args, cfg.data)
     )
     fs = extract_features(
         args.checkpoint,
@@ -422,13 +435,14 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from lossguided.engine import checkpoint
     from lossguided.recipe import format_table, run_recipe
 
     cfg = _resolve(args, section=None)
     metrics = run_recipe(cfg, out_dir=Path(args.out))
     print(format_table(metrics))
     if _is_main():
-        freed = 0 if args.keep_optimizer else layout.slim_finished_stages(args.out)
+        freed = 0 if args.keep_optimizer else checkpoint.slim_finished_stages(args.out)
         used = layout.format_bytes(layout.disk_use(args.out))
         print(
             f"{args.out}: {used} on disk"
@@ -443,17 +457,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # -- see the data (lossguided.report) ---------------------------------------------------------------------------
-def _fashion_mnist_flags(args: argparse.Namespace):
-    from lossguided.report.images import options_from_config
-
-    keys = ("data_dir", "imbalance_ratio", "noise_rate", "noise_kind", "data_seed", "train_limit")
-    return options_from_config({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
-
-
 def cmd_eda(args: argparse.Namespace) -> int:
     from lossguided.report.eda import format_summary, load_manifest_for_eda, run_eda
 
-    manifest = load_manifest_for_eda(args.manifest, _fashion_mnist_flags(args))
+    manifest = load_manifest_for_eda(args.manifest, _data_options(args))
     result = run_eda(manifest, args.out, workers=args.workers, listed=args.listed)
     print(format_summary(result))
     print(f"written: {Path(args.out) / 'eda.json'} and the figures and tables beside it")
@@ -487,7 +494,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     from lossguided.data.sources import load_manifest
     from lossguided.report.suspects import relabel_manifest
 
-    manifest = load_manifest(args.manifest, split="train", fashion_mnist_options=_fashion_mnist_flags(args))
+    manifest = load_manifest(args.manifest, split="train", options=_data_options(args))
     print(json.dumps(relabel_manifest(manifest, args.corrections, args.out, allow_new_labels=args.allow_new_labels)))
     return 0
 
@@ -513,17 +520,6 @@ def _count_or_all(text: str) -> int | None:
 def _add_see_data(sub) -> None:
     """eda, report, suspects, relabel: look at the data and the run, and correct labels."""
 
-    def fashion_mnist_group(p: argparse.ArgumentParser) -> None:
-        f = p.add_argument_group("fashion-mnist (when MANIFEST is 'fashion-mnist[:split]')")
-        f.add_argument("--data-dir", help="folder of the IDX files (default /usr/share/datasets/fashion-mnist)")
-        f.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size (default 100)")
-        f.add_argument("--noise-rate", type=float, help="share of wrong labels (default 0.2)")
-        f.add_argument(
-            "--noise-kind", choices=["symmetric", "pairflip"], help="how labels are flipped (default symmetric)"
-        )
-        f.add_argument("--data-seed", type=int, help="seed of the long tail and the noise (default 0)")
-        f.add_argument("--train-limit", type=int, help="keep only this many training samples (default: all)")
-
     p = sub.add_parser(
         "eda",
         help="look at a manifest: class frequencies, image sizes, duplicates, missing images",
@@ -538,7 +534,7 @@ def _add_see_data(sub) -> None:
     p.add_argument("--out", "--output", required=True, help="output folder")
     p.add_argument("--workers", type=_positive, default=8, help="threads reading image files (default 8)")
     p.add_argument("--listed", type=_positive, default=10, help="smallest/largest classes and examples listed")
-    fashion_mnist_group(p)
+    _add_builtin_data(p)
     p.set_defaults(func=cmd_eda)
 
     p = sub.add_parser(
@@ -590,7 +586,7 @@ def _add_see_data(sub) -> None:
         "--out", "--output", required=True, help="new manifest CSV (built-in images are written beside it as PNG)"
     )
     p.add_argument("--allow-new-labels", action="store_true", help="accept corrected labels that are not classes yet")
-    fashion_mnist_group(p)
+    _add_builtin_data(p)
     p.set_defaults(func=cmd_relabel)
 
 
@@ -693,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-k", type=_positive, default=5, help="classes per row of --predictions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_builtin_data(p, _checkpoint_default)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -742,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out images that cannot be decoded and list them in OUT/bad_images.csv",
     )
+    _add_builtin_data(p)
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser(
@@ -763,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's")
     p.add_argument("--batch-size", type=_positive, default=128)
+    _add_builtin_data(p, _checkpoint_default)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(

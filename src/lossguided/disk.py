@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lossguided.data.manifest import DataError
+from lossguided.data.errors import DataError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})  # EFBIG: a file size limit (RLIMIT_FSIZE)
 MARGIN = 16 * 2**20  # left free beyond a write's own size: metadata, the temporary beside the old file, logs

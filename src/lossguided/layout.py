@@ -127,36 +127,3 @@ def format_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
-
-
-def drop_optimizer_state(stage_dir: str | os.PathLike) -> int:
-    """Rewrite the checkpoints of a finished stage with weights only (no optimizer state, which is 2-4x the
-    model for Adam-like optimizers); returns the bytes freed. Only for stages that are done: a trainer cannot
-    resume from such a checkpoint, and a finished stage is never resumed."""
-    import torch
-
-    from lossguided.engine import checkpoint
-
-    marker = Path(stage_dir) / SLIMMED
-    if marker.is_file():
-        return 0
-    freed = 0
-    for path in sorted(Path(stage_dir).glob("*.pt")):
-        before = path.stat().st_size
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "optimizer" not in state:
-            continue
-        state.pop("optimizer")
-        state["weights_only"] = True  # resuming this file would restart the optimizer: say so to readers
-        checkpoint.save(path, state)
-        freed += before - path.stat().st_size
-    marker.write_text("the checkpoints here keep weights only (lossguided.layout.drop_optimizer_state)\n")
-    return freed
-
-
-def slim_finished_stages(run_dir: str | os.PathLike) -> int:
-    """`drop_optimizer_state` for every stage of a run folder that has its done.json; bytes freed. The ensemble's
-    seed folders keep theirs: a rerun with other seeds or TTA trains that stage again, resuming its seeds."""
-    run = RunLayout(run_dir)
-    finished = [run.root / name for name in run.present() if (run.root / name / DONE).is_file()]
-    return sum(drop_optimizer_state(d) for d in finished)

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from lossguided.config import ConfigError, DataConfig, RecipeConfig, TrainConfig, from_dict, to_dict
-from lossguided.data import fashion_mnist
 from lossguided.data.augment import with_randaugment
 from lossguided.data.datasets import BadImage, check_all, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest, check_confined
@@ -42,22 +41,15 @@ class Splits:
         return self.train.classes
 
 
-def fashion_mnist_options(data: DataConfig) -> fashion_mnist.FashionMnistOptions:
-    return fashion_mnist.options_from(data)
-
-
 def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train: bool = True) -> Splits:
     """Read train/val/test; val and test are encoded with the training class map, and every image file is decoded
     once now, so bad input stops the run before any training (or, with data.skip_bad_images, is left out)."""
-    opts = fashion_mnist_options(data)
-    train = (
-        load_manifest(data.train, split="train", classes=classes, fashion_mnist_options=opts) if need_train else None
-    )
+    train = load_manifest(data.train, split="train", classes=classes, options=data) if need_train else None
     classes = classes or train.classes
     val_spec = data.val or default_split_spec(data.train, "val")
     test_spec = data.test or default_split_spec(data.train, "test")
-    val = load_manifest(val_spec, split="val", classes=classes, fashion_mnist_options=opts) if val_spec else None
-    test = load_manifest(test_spec, split="test", classes=classes, fashion_mnist_options=opts) if test_spec else None
+    val = load_manifest(val_spec, split="val", classes=classes, options=data) if val_spec else None
+    test = load_manifest(test_spec, split="test", classes=classes, options=data) if test_spec else None
     if data.confine_paths:
         for m in (train, val, test):
             if m is not None:

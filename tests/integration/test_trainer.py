@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lossguided.config import TrainConfig
-from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.sources import make_dataset
+from lossguided.data.storage import Storage
 from lossguided.engine import checkpoint
 from lossguided.engine.recorder import LossRecorder
 from lossguided.engine.trainer import Trainer
@@ -20,7 +21,7 @@ def tiny_manifest(n=30, seed=0) -> Manifest:
     labels = rng.integers(0, 3, n)
     images = (rng.random((n, 16, 16)) * 60).astype(np.uint8) + (labels * 60)[:, None, None].astype(np.uint8)
     ids = rng.permutation(1000)[:n] + 5000  # ids that are neither positions nor contiguous
-    return Manifest(ids=ids, labels=labels, classes=CLASSES, source="tiny", images=images)
+    return Manifest(ids=ids, labels=labels, classes=CLASSES, source="tiny", storage=Storage.arrays(images))
 
 
 def make_trainer(tmp_path, manifest, *, epochs=2, recorder=None, seed=0, **kw) -> Trainer:

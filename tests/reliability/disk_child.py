@@ -22,6 +22,7 @@ from hostile import write_manifest  # noqa: E402
 from lossguided.cli import main  # noqa: E402
 from lossguided.data.manifest import ClassMap, Manifest  # noqa: E402
 from lossguided.data.preprocessed import preprocess  # noqa: E402
+from lossguided.data.storage import Storage  # noqa: E402
 from lossguided.engine import checkpoint  # noqa: E402
 from lossguided.ensemble.store import FeatureWriter  # noqa: E402
 from lossguided.io import append_jsonl, write_npz, write_text  # noqa: E402
@@ -44,7 +45,7 @@ def manifest(n: int = 32) -> Manifest:
         labels=np.arange(n) % 2,
         classes=ClassMap(("a", "b")),
         source="mem",
-        images=(rng.random((n, 64, 64)) * 255).astype(np.uint8),
+        storage=Storage.arrays((rng.random((n, 64, 64)) * 255).astype(np.uint8)),
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.storage import Storage
 from lossguided.io import safe_cell, unsafe_cell
 from lossguided.losstable import LossTable
 from lossguided.report.eda import run_eda
@@ -70,7 +71,7 @@ def test_suspects_csv_is_safe_and_relabel_reads_it_back(tmp_path):
         labels=table.labels,
         classes=table.classes,
         source="m.csv",
-        paths=np.array([str(tmp_path / f"{i}.png") for i in table.ids], dtype=object),
+        storage=Storage.files(np.array([str(tmp_path / f"{i}.png") for i in table.ids], dtype=object)),
     )
     summary = relabel_manifest(manifest, tmp_path / "fixed.csv", tmp_path / "relabelled.csv")
     assert summary["relabelled"] == 6  # the labels matched exactly: no 'not a class' error, no wrong-manifest error
@@ -79,7 +80,9 @@ def test_suspects_csv_is_safe_and_relabel_reads_it_back(tmp_path):
 def test_eda_tables_are_safe(tmp_path):
     table = hostile_table(tmp_path)
     images = np.zeros((6, 8, 8), np.uint8)
-    m = Manifest(ids=table.ids, labels=table.labels, classes=table.classes, source="mem", images=images)
+    m = Manifest(
+        ids=table.ids, labels=table.labels, classes=table.classes, source="mem", storage=Storage.arrays(images)
+    )
     run_eda(m, tmp_path / "eda", workers=1, progress=False)
     for name in ("class_counts.csv", "duplicates.csv"):
         with open(tmp_path / "eda" / name, newline="") as f:

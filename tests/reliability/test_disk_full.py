@@ -64,14 +64,19 @@ def test_training_without_room_for_its_checkpoints_stops_before_the_first_epoch(
     import numpy as np
 
     from lossguided.config import TrainConfig
-    from lossguided.data.datasets import make_dataset
     from lossguided.data.manifest import ClassMap, Manifest
+    from lossguided.data.sources import make_dataset
+    from lossguided.data.storage import Storage
     from lossguided.engine.trainer import Trainer
     from lossguided.models import create_model
 
     classes = ClassMap(("a", "b"))
     m = Manifest(
-        ids=np.arange(8), labels=np.arange(8) % 2, classes=classes, source="mem", images=np.zeros((8, 16, 16), np.uint8)
+        ids=np.arange(8),
+        labels=np.arange(8) % 2,
+        classes=classes,
+        source="mem",
+        storage=Storage.arrays(np.zeros((8, 16, 16), np.uint8)),
     )
     trainer = Trainer(
         create_model("test_resnet", num_classes=2),

@@ -115,13 +115,14 @@ def test_the_check_runs_in_parallel_and_is_remembered(tmp_path, monkeypatch):
 
 def test_in_memory_data_needs_no_check():
     from lossguided.data.manifest import ClassMap, Manifest
+    from lossguided.data.storage import Storage
 
     m = Manifest(
         ids=np.arange(3),
         labels=np.zeros(3),
         classes=ClassMap(("a",)),
         source="mem",
-        images=np.zeros((3, 8, 8), np.uint8),
+        storage=Storage.arrays(np.zeros((3, 8, 8), np.uint8)),
     )
     assert check_images(m) == (m, [])
 

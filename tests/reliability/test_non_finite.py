@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lossguided.config import TrainConfig
-from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.sources import make_dataset
+from lossguided.data.storage import Storage
 from lossguided.engine import checkpoint
 from lossguided.engine.trainer import NonFiniteError, Trainer
 from lossguided.models import create_model
@@ -25,7 +26,7 @@ def trainer(out, **cfg) -> Trainer:
         labels=np.arange(32) % 2,
         classes=CLASSES,
         source="mem",
-        images=(rng.random((32, 16, 16)) * 255).astype(np.uint8),
+        storage=Storage.arrays((rng.random((32, 16, 16)) * 255).astype(np.uint8)),
     )
     return Trainer(
         create_model("test_resnet", num_classes=2),

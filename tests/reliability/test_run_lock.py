@@ -15,8 +15,9 @@ from hostile import REPO
 
 from lossguided import runlock
 from lossguided.config import TrainConfig
-from lossguided.data.datasets import make_dataset
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.sources import make_dataset
+from lossguided.data.storage import Storage
 from lossguided.engine.trainer import Trainer
 from lossguided.models import create_model
 
@@ -68,7 +69,11 @@ def test_locks_are_reentrant_in_one_process_and_released(tmp_path):
 def _trainer(out):
     classes = ClassMap(("a", "b"))
     m = Manifest(
-        ids=np.arange(8), labels=np.arange(8) % 2, classes=classes, source="mem", images=np.zeros((8, 16, 16), np.uint8)
+        ids=np.arange(8),
+        labels=np.arange(8) % 2,
+        classes=classes,
+        source="mem",
+        storage=Storage.arrays(np.zeros((8, 16, 16), np.uint8)),
     )
     return Trainer(
         create_model("test_resnet", num_classes=2),

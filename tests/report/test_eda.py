@@ -14,6 +14,7 @@ from PIL import Image
 
 from lossguided.cli import main
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.storage import Storage
 from lossguided.report.eda import duplicate_groups, imbalance_summary, load_manifest_for_eda, run_eda
 from lossguided.report.images import header_size
 
@@ -96,7 +97,7 @@ def test_in_memory_duplicates_are_found_by_pixel_hash(tmp_path):
         labels=np.array([0, 0, 1, 1, 1, 2]),
         classes=ClassMap(("a", "b", "c")),
         source="mem:train",
-        images=images,
+        storage=Storage.arrays(images),
     )
     result = run_eda(m, tmp_path / "eda", progress=False)
     assert result["duplicates"]["groups"] == 1 and result["duplicates"]["examples"] == [

@@ -122,12 +122,15 @@ def test_measured_page_size_grows_with_thumbnails_not_with_classes_alone():
 
 
 def test_fashion_mnist_options_match_the_training_stack():
-    from lossguided import stages
+    """The report passes the saved config's data section (a dict); training passes the DataConfig: same data."""
     from lossguided.config import RecipeConfig, from_dict, to_dict
-    from lossguided.report.images import options_from_config
+    from lossguided.data import fashion_mnist
 
     data = to_dict(RecipeConfig())["data"] | {"noise_rate": 0.3, "data_seed": 7, "train_limit": 50}
-    assert options_from_config(data) == stages.fashion_mnist_options(from_dict({"data": data}).data)
+    opts = fashion_mnist.options_from(data)
+    assert opts == fashion_mnist.options_from(from_dict({"data": data}).data)
+    assert (opts.noise_rate, opts.seed, opts.train_limit) == (0.3, 7, 50)
+    assert fashion_mnist.options_from({}) == fashion_mnist.options_from(None) == fashion_mnist.FashionMnistOptions()
 
 
 def test_suspects_are_only_samples_above_the_drop_rule(fake_run):

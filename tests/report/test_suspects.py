@@ -145,6 +145,7 @@ def test_new_labels_need_the_flag_and_missing_columns_are_named(manifest_and_sus
 
 def test_in_memory_images_are_written_so_train_can_read_them(tmp_path):
     from lossguided.data.manifest import Manifest
+    from lossguided.data.storage import Storage
 
     images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
     m = Manifest(
@@ -152,7 +153,7 @@ def test_in_memory_images_are_written_so_train_can_read_them(tmp_path):
         labels=np.array([0, 1, 1]),
         classes=ClassMap(("a", "b")),
         source="mem:train",
-        images=images,
+        storage=Storage.arrays(images),
     )
     corr = tmp_path / "c.csv"
     corr.write_text("id,corrected_label\n8,a\n9,DROP\n")

@@ -17,6 +17,7 @@ from lossguided.cli import main
 from lossguided.data.augment import AugmentedBatchDataset, AugmentedDataset, with_randaugment
 from lossguided.data.datasets import ArrayDataset
 from lossguided.data.manifest import ClassMap, Manifest
+from lossguided.data.storage import Storage
 from lossguided.stages import run_key
 
 STRONG = "rand-m9-n3-mstd0.5"
@@ -27,7 +28,11 @@ def in_memory(n: int = 16, channels: int = 1) -> ArrayDataset:
     shape = (n, 16, 16) if channels == 1 else (n, 16, 16, 3)
     images = rng.integers(0, 255, shape, dtype=np.uint8)
     m = Manifest(
-        ids=np.arange(100, 100 + n), labels=np.arange(n) % 2, classes=ClassMap(("a", "b")), source="mem", images=images
+        ids=np.arange(100, 100 + n),
+        labels=np.arange(n) % 2,
+        classes=ClassMap(("a", "b")),
+        source="mem",
+        storage=Storage.arrays(images),
     )
     return ArrayDataset(m, image_size=16)
 

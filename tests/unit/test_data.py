@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lossguided.data import ClassMap, DataError, load_manifest, read_csv, read_image_folder
-from lossguided.data.datasets import ImageFileDataset, check_images, make_dataset
+from lossguided.data import ClassMap, DataError, Manifest, Storage, load_manifest, read_csv, read_image_folder
+from lossguided.data.datasets import ImageFileDataset, check_images
 from lossguided.data.noise import add_label_noise, long_tail_counts, long_tail_subset
+from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import PAPER_MEAN, PAPER_STD, BatchTransform
 
 
@@ -159,3 +160,30 @@ def test_a_written_fashion_mnist_selection_reads_back_as_images(tmp_path):
     bad.write_text("\n".join([text[0], f"999999,fashion-mnist:test#999999,{lab}"]))
     with pytest.raises(DataError, match="bad.csv: row 2: fashion-mnist has no image with id 999999"):
         load_manifest(str(bad))
+
+
+def test_a_manifest_holds_one_storage_that_says_its_kind():
+    """The storage is the one place a manifest's pixels live: subsets take its rows and keep its root; `paths` and
+    `images` only read it; a wrong row count or kind is one line naming the source."""
+    classes = ClassMap(("a", "b"))
+    m = Manifest(
+        ids=[5, 6, 7], labels=[0, 1, 0], classes=classes, source="s.csv", storage=Storage.files(["x", "y", "z"])
+    )
+    assert m.storage.kind == "files" and m.paths == ["x", "y", "z"] and m.images is None
+    sub = m.subset(np.array([2, 0]))
+    assert sub.paths == ["z", "x"] and sub.storage.kind == "files" and m.select_ids([6]).paths == ["y"]
+    stored = Manifest(
+        ids=[1, 2], labels=[0, 1], classes=classes, source="p", storage=Storage.preprocessed("/p", ["o1", "o2"])
+    )
+    assert stored.subset(np.array([1])).storage.root == "/p" and stored.paths[0] == "o1"
+    pixels = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    mem = Manifest(ids=[1, 2], labels=[0, 1], classes=classes, source="mem", storage=Storage.arrays(pixels))
+    assert mem.paths is None and np.array_equal(mem.subset(np.array([1])).images, pixels[1:])
+    with pytest.raises(DataError, match="s.csv: files storage has 2 rows, ids has 3"):
+        Manifest(ids=[5, 6, 7], labels=[0, 1, 0], classes=classes, source="s.csv", storage=Storage.files(["x", "y"]))
+    with pytest.raises(DataError, match="s.csv: path item 1 contains a NUL byte"):
+        Manifest(ids=[5, 6], labels=[0, 1], classes=classes, source="s.csv", storage=Storage.files(["x", "y\0"]))
+    with pytest.raises(ValueError, match="storage kind 'lmdb' is not one of"):
+        Storage("lmdb", names=["x"])
+    with pytest.raises(ValueError, match="preprocessed storage needs root"):
+        Storage("preprocessed", names=["x"])

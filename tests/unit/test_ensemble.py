@@ -314,8 +314,8 @@ def test_cuda_matches_cpu():
 def test_features_from_loader_workers_equal_the_main_process(image_csv):
     """Extraction decodes images in DataLoader workers (in order, batches straddling chunks) and gets exactly what a
     single-process pass gets."""
-    from lossguided.data.datasets import make_dataset
     from lossguided.data.manifest import read_csv
+    from lossguided.data.sources import make_dataset
     from lossguided.ensemble.extract import _Features
     from lossguided.models import create_model
 

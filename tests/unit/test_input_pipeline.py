@@ -12,10 +12,12 @@ from torchvision import transforms as T
 
 from lossguided.cli import main
 from lossguided.data import ClassMap, DataError, Manifest, load_manifest, read_csv
-from lossguided.data.datasets import check_images, make_dataset
+from lossguided.data.datasets import check_images
 from lossguided.data.decode import decode_image
 from lossguided.data.loader import create_loader
 from lossguided.data.preprocessed import MemmapDataset, PreprocessedDataset, preprocess, read_preprocessed
+from lossguided.data.sources import make_dataset
+from lossguided.data.storage import Storage
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def test_preprocess_round_trip_keeps_ids_labels_classes_and_images(tmp_path, pho
     assert json.loads((out / "manifest.json").read_text())["classes"] == ["SKU-A", "SKU-M", "SKU-Z"]
 
     m = load_manifest(str(out))  # what --train/--val/--test DIR do
-    assert m.store == str(out)
+    assert m.storage.kind == "preprocessed" and m.storage.root == str(out)
     np.testing.assert_array_equal(m.ids, src.ids)
     np.testing.assert_array_equal(m.labels, src.labels)
     assert m.classes == src.classes and list(m.paths) == list(src.paths)
@@ -148,7 +150,7 @@ def test_grayscale_in_memory_set_keeps_one_channel(tmp_path):
         labels=np.array([0, 1, 0, 1, 1]),
         classes=ClassMap(("0", "1")),
         source="mem",
-        images=images,
+        storage=Storage.arrays(images),
         true_labels=np.array([0, 1, 1, 1, 1]),
     )
     preprocess(m, tmp_path / "p", image_size=28, storage="memmap", progress=False)

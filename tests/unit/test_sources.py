@@ -14,10 +14,18 @@ from PIL import Image
 from lossguided.cli import main
 from lossguided.data import ClassMap, DataError, load_manifest, read_csv
 from lossguided.data import webdataset as wds
-from lossguided.data.datasets import make_dataset
 from lossguided.data.preprocessed import preprocess
-from lossguided.data.sources import default_split_spec, get_source, image_of, list_sources, source_for, source_of
-from lossguided.data.webdataset import expand_braces, read_webdataset, write_webdataset
+from lossguided.data.sources import (
+    default_split_spec,
+    get_source,
+    image_of,
+    list_sources,
+    make_dataset,
+    source_for,
+    source_of,
+)
+from lossguided.data.webdataset import expand_braces, read_webdataset
+from lossguided.data.webdataset_writer import write_webdataset
 
 SIZE = 16
 
@@ -134,6 +142,34 @@ def test_webdataset_round_trip_keeps_ids_labels_classes_and_pixels(tmp_path, ima
     assert write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False) == summary  # complete: no-op
     with pytest.raises(DataError, match="other input or settings"):
         write_webdataset(src, out, image_size=SIZE * 2, shard_size=5, progress=False)
+
+
+def test_a_selection_csv_of_shard_samples_reads_back_as_train(tmp_path, image_csv):
+    """`lossguided select` on a WebDataset run writes `<shard>.tar#<key>` paths; that CSV is a training set: its
+    pixels come from the shards (by each shard's offsets index), its ids and labels from the CSV."""
+    shards = load_manifest(_webdataset(tmp_path, image_csv))
+    keep = np.array([1, 5, 12, 23])  # rows from all three shards
+    rows = [f"{int(shards.ids[i])},{shards.paths[i]},{shards.classes.names[shards.labels[i]]}" for i in keep]
+    rows[1] = rows[1].replace(str(tmp_path) + "/", "")  # a path relative to the CSV's folder reads too
+    (tmp_path / "selected.csv").write_text("id,path,label\n" + "\n".join(rows) + "\n")
+
+    m = load_manifest(str(tmp_path / "selected.csv"))
+    assert m.storage.kind == "webdataset" and source_of(m).name == "webdataset"
+    np.testing.assert_array_equal(m.ids, shards.ids[keep])
+    assert [m.classes.names[j] for j in m.labels] == [shards.classes.names[j] for j in shards.labels[keep]]
+    ds, ref = make_dataset(m, image_size=SIZE), make_dataset(shards.subset(keep), image_size=SIZE)
+    for i in range(len(keep)):
+        assert torch.equal(ds[i][0], ref[i][0]) and int(ds[i][2]) == int(ref[i][2])
+    np.testing.assert_array_equal(image_of(m, int(m.ids[2])), image_of(shards, int(m.ids[2])))
+    assert torch.equal(make_dataset(m.select_ids(m.ids[-1:]), image_size=SIZE)[0][0], ds[3][0])
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"id,path,label\n{rows[0]}\n99,{shards.paths[0].rsplit('#', 1)[0]}#nokey,SKU-A\n")
+    with pytest.raises(DataError, match=r"bad\.csv: row 3: .*shard-000000\.tar#nokey: .*no sample with key 'nokey'"):
+        load_manifest(str(bad))
+    bad.write_text(f"id,path,label\n{rows[0]}\n99,{image_csv.parent / 'img' / '0.png'},SKU-A\n")
+    with pytest.raises(DataError, match=r"bad\.csv: row 3: .*mixes WebDataset samples"):
+        load_manifest(str(bad))
 
 
 def _tar(path, members: dict[str, bytes]) -> None:

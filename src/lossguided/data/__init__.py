@@ -2,5 +2,15 @@
 
 from lossguided.data.manifest import ClassMap, DataError, Manifest, read_csv, read_image_folder, write_csv
 from lossguided.data.sources import load_manifest
+from lossguided.data.storage import Storage
 
-__all__ = ["ClassMap", "DataError", "Manifest", "load_manifest", "read_csv", "read_image_folder", "write_csv"]
+__all__ = [
+    "ClassMap",
+    "DataError",
+    "Manifest",
+    "Storage",
+    "load_manifest",
+    "read_csv",
+    "read_image_folder",
+    "write_csv",
+]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from lossguided.data.decode import BAD_IMAGE_ERRORS, verify_image
+from lossguided.data.decode import BAD_IMAGE_ERRORS, UnreadableImageError, verify_image
 from lossguided.data.decode import decode_image as _decode_image
 from lossguided.data.manifest import DataError, Manifest, one_line_message
 from lossguided.io import atomic_path, safe_cell, write_json
@@ -33,18 +33,6 @@ from lossguided.layout import csv_path
 
 log = logging.getLogger("lossguided")
 CHECK_VERSION = 1  # bump when verify_image starts catching more, so remembered checks are redone
-
-
-class UnreadableImageError(DataError):
-    """An image file that does not decode, raised inside a DataLoader worker. The loader re-raises it in the main
-    process as `UnreadableImageError(<the worker's traceback>)`; this keeps only its own last line, so whichever
-    command reads the images (train, evaluate, features) shows the user one line."""
-
-    def __init__(self, message: str) -> None:
-        if "Original Traceback" in message:
-            last = message.rstrip().splitlines()[-1]
-            message = last.split(": ", 1)[1] if last.startswith(("lossguided.", type(self).__name__)) else last
-        super().__init__(message)
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
@@ -56,8 +44,8 @@ class ImageFileDataset(Dataset):
     """Images read from files. A file that fails to decode raises a DataError naming its path and id."""
 
     def __init__(self, manifest: Manifest, *, image_size: int) -> None:
-        if manifest.paths is None:
-            raise ValueError("ImageFileDataset needs a manifest with paths")
+        if manifest.storage.kind != "files":
+            raise ValueError(f"ImageFileDataset needs a manifest of image files, not {manifest.storage.kind}")
         self.paths, self.labels, self.ids = manifest.paths, manifest.labels, manifest.ids
         self.image_size = image_size
 
@@ -109,13 +97,6 @@ class ArrayDataset(Dataset):
         return self.images[idx], self.labels[idx], self.ids[idx]
 
 
-def make_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
-    """The dataset of `manifest` at `image_size`, from the image source that holds its pixels (`data.sources`)."""
-    from lossguided.data.sources import make_dataset as _make
-
-    return _make(manifest, image_size=image_size)
-
-
 class BadImage(NamedTuple):
     source: str  # the manifest
     row: int  # its row (as a spreadsheet numbers it), or the position for sources without rows
@@ -142,7 +123,7 @@ def check_images(
     remembered under `cache_dir` (default `$LOSSGUIDED_CACHE` or ~/.cache/lossguided) by a hash of the paths, sizes
     and modification times, so the next stage on the same files costs one `stat` per file.
     """
-    if manifest.paths is None or getattr(manifest, "store", None) is not None:  # in memory, or checked when written
+    if manifest.storage.kind != "files":  # in memory, or checked when written (preprocessed, shards)
         return manifest, []
     paths = [str(p) for p in manifest.paths]
     cache = _cache_file(paths, cache_dir)

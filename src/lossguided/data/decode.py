@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lossguided.data.errors import DataError
+
 DRAFT_GAP = 1.0  # JPEGs are DCT-scaled to at least DRAFT_GAP * size a side (see the module doc for the trade-off)
 # What an unreadable or hostile file raises from Pillow: truncated or broken bodies (OSError), unknown formats
 # (UnidentifiedImageError is an OSError), bad headers (ValueError, SyntaxError, struct.error is a ValueError...),
@@ -177,3 +179,15 @@ def _libjpeg_warning(data: bytes) -> str | None:
         sink.seek(0)
         text = sink.read(4096).decode("utf-8", "replace")
     return next((line.strip() for line in text.splitlines() if line.strip().startswith(JPEG_DAMAGE)), None)
+
+
+class UnreadableImageError(DataError):
+    """An image that does not decode, raised inside a DataLoader worker. The loader re-raises it in the main
+    process as `UnreadableImageError(<the worker's traceback>)`; this keeps only its own last line, so whichever
+    command reads the images (train, evaluate, features) shows the user one line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.startswith(("lossguided.", type(self).__name__)) else last
+        super().__init__(message)

@@ -7,16 +7,20 @@ Splits: `train` (long-tailed, noisy), `val` (a clean, balanced hold-out of the o
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lossguided.data.manifest import ClassMap, DataError, Manifest
 from lossguided.data.noise import add_label_noise, long_tail_subset
+from lossguided.data.storage import Storage
 
 NAME = "fashion-mnist"
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -51,20 +55,25 @@ class FashionMnistOptions:
     noisy_val: bool = False  # val carries the same noise as train (a user's val usually does)
 
 
-def options_from(data) -> FashionMnistOptions:
-    """The options of a `DataConfig` (the one place its fields map to the built-in data's)."""
-    target = tuple(data.noise_target) if data.noise_target is not None else None
-    return FashionMnistOptions(
-        data_dir=data.data_dir,
-        imbalance_ratio=data.imbalance_ratio,
-        noise_rate=data.noise_rate,
-        noise_kind=data.noise_kind,
-        seed=data.data_seed,
-        val_per_class=data.val_per_class,
-        train_limit=data.train_limit,
-        noise_target=target,
-        noisy_val=data.noisy_val,
-    )
+# FashionMnistOptions field -> its name in the config's data section (`DataConfig`), where they differ
+_DATA_NAMES = {"seed": "data_seed"}
+
+
+def options_from(data: Mapping[str, Any] | object | None) -> FashionMnistOptions:
+    """The options in a config's data section: a `DataConfig`, a dict of its fields (as saved in a run's
+    config.yaml, or a command's flags) or None (the defaults); fields it lacks or sets to None keep their defaults.
+    The one place its fields map to the built-in data's, so a caller passes the data section to any source."""
+    if isinstance(data, FashionMnistOptions):
+        return data
+    default = FashionMnistOptions()
+    values = {}
+    for f in dataclasses.fields(FashionMnistOptions):
+        key = _DATA_NAMES.get(f.name, f.name)
+        value = data.get(key) if isinstance(data, Mapping) else getattr(data, key, None)
+        values[f.name] = getattr(default, f.name) if value is None else value
+    if values["noise_target"] is not None:
+        values["noise_target"] = tuple(values["noise_target"])
+    return FashionMnistOptions(**values)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -96,7 +105,12 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
         images, labels = _load_raw(data_dir, "test")
         ids = np.arange(len(labels)) + TEST_ID_OFFSET
         return Manifest(
-            ids=ids, labels=labels, classes=classes, source=NAME + ":test", images=images, true_labels=labels
+            ids=ids,
+            labels=labels,
+            classes=classes,
+            source=NAME + ":test",
+            storage=Storage.arrays(images),
+            true_labels=labels,
         )
     images, labels = _load_raw(data_dir, "train")
     rng = np.random.default_rng(options.seed)
@@ -109,7 +123,12 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
         true = labels[val_idx]
         given = _noisy(true, options, seed=options.seed + 4) if options.noisy_val else true
         return Manifest(
-            ids=val_idx, labels=given, classes=classes, source=NAME + ":val", images=images[val_idx], true_labels=true
+            ids=val_idx,
+            labels=given,
+            classes=classes,
+            source=NAME + ":val",
+            storage=Storage.arrays(images[val_idx]),
+            true_labels=true,
         )
     pool = np.setdiff1d(np.arange(len(labels)), val_idx)
     keep = pool[long_tail_subset(labels[pool], imbalance_ratio=options.imbalance_ratio, seed=options.seed + 1)]
@@ -118,7 +137,12 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
     true = labels[keep]
     noisy = _noisy(true, options, seed=options.seed + 2)
     return Manifest(
-        ids=keep, labels=noisy, classes=classes, source=NAME + ":train", images=images[keep], true_labels=true
+        ids=keep,
+        labels=noisy,
+        classes=classes,
+        source=NAME + ":train",
+        storage=Storage.arrays(images[keep]),
+        true_labels=true,
     )
 
 
@@ -176,7 +200,7 @@ def resolve_paths(manifest: Manifest, options: FashionMnistOptions = FashionMnis
         labels=manifest.labels,
         classes=manifest.classes,
         source=manifest.source,
-        images=images,
+        storage=Storage.arrays(images),
         true_labels=true,
         rows=manifest.rows,
     )

@@ -12,21 +12,19 @@ import functools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from lossguided.data.csvread import CsvError, mark_checked, read_columns, was_checked
+from lossguided.data.errors import DataError
+from lossguided.data.storage import Storage
 from lossguided.data.strings import StringColumn, range_hashes
 from lossguided.io import unsafe_cell
 
 CHECK_CHUNK = 1 << 18  # rows per step of the existence check
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file and row."""
 
 
 @dataclass(frozen=True)
@@ -94,14 +92,13 @@ def _is_int(text: str) -> bool:
 
 @dataclass
 class Manifest:
-    """Samples of one split. `images` (uint8 [N,H,W] or [N,H,W,3]) replaces `paths` for in-memory datasets.
+    """Samples of one split: ids, labels, and the `storage` that holds their pixels (`data.storage`: image files,
+    in-memory arrays, a preprocessed folder or WebDataset shards); `data.sources` reads a manifest by its storage's
+    kind. `paths` and `images` are read-only views of the storage: the per-row names (a `StringColumn`: one byte
+    buffer + offsets, see `data.strings`; the original paths or `<shard>.tar#<key>` for stored data, which need not
+    exist as files) and the in-memory uint8 images [N,H,W] or [N,H,W,3].
 
     `true_labels` is known only for benchmarks made noisy on purpose; it is used to score noise detection.
-    `store` is a preprocessed folder (`lossguided preprocess`) or WebDataset shards (`data.webdataset`) that hold
-    every sample's pixels by id; `paths` then name the original files, or `<shard>.tar#<key>` (for people and loss
-    tables), which need not exist as files. `data.sources` says which source holds a manifest's pixels. `paths` is
-    held as a `StringColumn` (one byte buffer + offsets; see `data.strings`): a list or object array given here is
-    converted.
     `digest` is the SHA-256 of the CSV these exact rows were read from (None otherwise, and for a subset): a key for
     caching what was checked about them (e.g. every image decodes) without a stat per image.
     """
@@ -110,46 +107,53 @@ class Manifest:
     labels: np.ndarray
     classes: ClassMap
     source: str
-    paths: np.ndarray | None = None
-    images: np.ndarray | None = None
+    storage: Storage
     true_labels: np.ndarray | None = None
     rows: np.ndarray | None = field(default=None, repr=False)
-    store: str | None = None
     digest: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def paths(self) -> StringColumn | None:
+        """Per-row names (file paths, or names of stored samples); None for in-memory images."""
+        return self.storage.names
+
+    @property
+    def images(self) -> np.ndarray | None:
+        """In-memory uint8 images [N,H,W] or [N,H,W,3]; None for every other storage."""
+        return self.storage.images
+
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
         self.labels = np.asarray(self.labels, dtype=np.int64)
-        if self.paths is not None and not isinstance(self.paths, StringColumn):
+        if not isinstance(self.storage, Storage):
+            raise DataError(f"{self.source}: storage must be a Storage, not {type(self.storage).__name__}")
+        names = self.storage.names
+        if names is not None and not isinstance(names, StringColumn):
             try:
-                self.paths = StringColumn.from_strings(self.paths)
+                self.storage = replace(self.storage, names=StringColumn.from_strings(names))
             except ValueError as e:
                 raise DataError(f"{self.source}: path {e}") from None
         n = len(self.ids)
-        for name in ("labels", "paths", "images", "true_labels"):
-            value = getattr(self, name)
+        for name, value in (("labels", self.labels), ("true_labels", self.true_labels)):
             if value is not None and len(value) != n:
                 raise DataError(f"{self.source}: {name} has {len(value)} rows, ids has {n}")
-        if (self.paths is None) == (self.images is None):
-            raise DataError(f"{self.source}: a manifest needs exactly one of paths or images")
+        if len(self.storage) != n:
+            raise DataError(f"{self.source}: {self.storage.kind} storage has {len(self.storage)} rows, ids has {n}")
         _check_unique_ids(self.ids, self.source, self.rows)
 
     def subset(self, index: np.ndarray) -> Manifest:
-        """Rows `index` (positions, not ids) as a new manifest sharing the class map."""
-        take = lambda a: None if a is None else a[index]  # noqa: E731
+        """Rows `index` (positions, not ids) as a new manifest sharing the class map and storage root."""
         return Manifest(
             ids=self.ids[index],
             labels=self.labels[index],
             classes=self.classes,
             source=self.source,
-            paths=take(self.paths),
-            images=take(self.images),
-            true_labels=take(self.true_labels),
-            rows=take(self.rows),
-            store=self.store,
+            storage=self.storage.take(index),
+            true_labels=None if self.true_labels is None else self.true_labels[index],
+            rows=None if self.rows is None else self.rows[index],
         )
 
     def select_ids(self, ids: np.ndarray) -> Manifest:
@@ -184,11 +188,9 @@ class Manifest:
             labels=labels,
             classes=classes,
             source=self.source,
-            paths=self.paths,
-            images=self.images,
+            storage=self.storage,
             true_labels=true,
             rows=self.rows,
-            store=self.store,
             digest=self.digest,
         )
 
@@ -210,13 +212,16 @@ def read_csv(
     classes: ClassMap | None = None,
     check_files: bool = True,
     builtin_prefixes: tuple[str, ...] = (),
+    member_markers: tuple[str, ...] = (),
     cache_dir: str | os.PathLike | None = None,
 ) -> Manifest:
     """Read `path,label[,id]` (header required). Rows are numbered as a spreadsheet shows them (header = row 1).
 
     Without `id`, a sample's id is its 0-based data row number. Without `classes`, the class map comes from the labels.
     Paths starting with one of `builtin_prefixes` name a built-in dataset's image (`fashion-mnist:train#123`) and
-    are kept as written, for the caller to resolve. The columns are read in bulk and cached by the CSV's content hash
+    are kept as written, for the caller to resolve. Paths containing one of `member_markers` (`.tar#`) name a sample
+    inside an archive (`<shard>.tar#<key>`): resolved relative to the CSV like files, but not checked as files (the
+    caller reads them). The columns are read in bulk and cached by the CSV's content hash
     (`data.csvread`); with `check_files`, every image's existence is checked once per CSV content and folder (one
     listing per image folder, in parallel), and the cache remembers that it passed.
     """
@@ -234,6 +239,8 @@ def read_csv(
     classes = classes or ClassMap.from_names(names)
     labels = classes.encode_codes(names, cols.label_codes, source=str(path), rows=rows)
     paths, is_file = _resolve(cols.paths, path.parent, builtin_prefixes)
+    for marker in member_markers:
+        is_file &= ~paths.contains(marker)
     if check_files:
         key = f"files-exist:{os.path.abspath(path.parent)}"
         if not was_checked(cols.cache, key):
@@ -244,7 +251,7 @@ def read_csv(
         labels=labels,
         classes=classes,
         source=str(path),
-        paths=paths,
+        storage=Storage.files(paths),
         rows=rows,
         digest=cols.digest,
     )
@@ -344,13 +351,8 @@ def check_confined(manifest: Manifest) -> None:
     """Every image path of a file manifest lies inside the manifest's own folder (the CSV's folder, the ImageFolder
     root) once links and `..` are resolved; else one line naming the file, row and path. For data from people one
     does not trust: by default a CSV may name any readable file (absolute paths and `../` included)."""
-    if (
-        manifest.paths is None
-        or manifest.store is not None
-        or not manifest.source
-        or ":" in manifest.source.split("/")[0]
-    ):
-        return  # built-in, in-memory or stored data (preprocessed, shards: paths are names, not read): no files
+    if manifest.storage.kind != "files" or not manifest.source or ":" in manifest.source.split("/")[0]:
+        return  # in-memory or stored data (preprocessed, shards: paths are names, not read): no files
     src = Path(manifest.source)
     root = os.path.realpath(src.parent if src.is_file() else src)
     rows = manifest.rows if manifest.rows is not None else np.arange(len(manifest)) + 2
@@ -388,7 +390,7 @@ def read_image_folder(root: str | os.PathLike, *, classes: ClassMap | None = Non
         labels=labels,
         classes=classes,
         source=str(root),
-        paths=StringColumn.from_strings(names, prefix="" if str(root) == "." else str(root) + os.sep),
+        storage=Storage.files(StringColumn.from_strings(names, prefix="" if str(root) == "." else str(root) + os.sep)),
     )
 
 

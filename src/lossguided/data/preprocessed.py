@@ -33,9 +33,6 @@ Layout::
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
 import os
@@ -44,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lossguided.data.decode import decode_bytes, decode_image, resize_uint8, verify_image
+from lossguided.data.decode import decode_bytes, resize_uint8
+from lossguided.data.encode import BAD_LIST, Encoder, fingerprint, identity, sample_names, write_bad_list
 from lossguided.data.manifest import ClassMap, DataError, Manifest
-from lossguided.io import atomic_path, disk_errors, write_json, write_npz
-from lossguided.layout import csv_path
+from lossguided.data.storage import Storage
+from lossguided.io import disk_errors, write_json, write_npz
 
 log = logging.getLogger("lossguided")
 
@@ -59,77 +56,12 @@ VERSION = 1
 STORAGES = ("jpeg-shards", "memmap")
 META = "manifest.json"
 SAMPLES = "samples.npz"
-BAD_LIST = "bad_images.csv"
 PARTIAL = ".partial"
 MEMMAP_FILE = "images.u8"
 SHARD_DIR = "shards"
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
-def _paths_of(manifest: Manifest) -> list[str]:
-    if manifest.paths is not None:
-        return [str(p) for p in manifest.paths]
-    return [f"{manifest.source}#{int(i)}" for i in manifest.ids]
-
-
-def _fingerprint(manifest: Manifest, paths: list[str]) -> str:
-    """What the output depends on besides the settings: ids, labels (by name) and the images' sources."""
-    h = hashlib.sha1()
-    h.update(manifest.ids.astype(np.int64).tobytes())
-    h.update(manifest.labels.astype(np.int64).tobytes())
-    h.update("\0".join(manifest.classes.names).encode())
-    h.update("\0".join(paths).encode())
-    if manifest.images is not None:
-        h.update(str(manifest.images.shape).encode())
-        h.update(np.ascontiguousarray(manifest.images).tobytes())
-    return h.hexdigest()
-
-
-class _Encoder(Dataset):
-    """Row -> (row, payload, error): decodes (and for jpeg-shards encodes) in DataLoader workers; never raises for a
-    bad image, so the writer decides whether to stop or skip."""
-
-    def __init__(
-        self, manifest: Manifest, paths: list[str], *, image_size: int, storage: str, quality: int, subsampling: str
-    ) -> None:
-        from lossguided.data.datasets import ArrayDataset
-
-        self.paths, self.ids, self.source = paths, manifest.ids, manifest.source
-        self.rows = manifest.rows
-        self.size, self.storage, self.quality, self.subsampling = image_size, storage, quality, subsampling
-        self.array = ArrayDataset(manifest, image_size=image_size) if manifest.images is not None else None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, row: int):
-        try:
-            if self.array is None and (why := verify_image(self.paths[row])) is not None:
-                raise ValueError(why)  # a damaged JPEG that libjpeg would fill in silently
-            x = self.array.images[row] if self.array is not None else decode_image(self.paths[row], self.size)
-        except Exception as e:  # noqa: BLE001 - any decoder failure is this image's problem, reported with its id
-            where = f"row {self.rows[row]}: " if self.rows is not None else ""
-            return (
-                row,
-                None,
-                (
-                    f"{self.source}: {where}id {int(self.ids[row])}: cannot decode image "
-                    f"{self.paths[row]} ({type(e).__name__}: {e})"
-                ),
-            )
-        hwc = np.ascontiguousarray(x.permute(1, 2, 0).numpy())
-        if self.storage == "memmap":
-            return row, hwc, None
-        buf = io.BytesIO()
-        img = Image.fromarray(hwc[..., 0] if hwc.shape[2] == 1 else hwc)
-        img.save(buf, format="JPEG", quality=self.quality, subsampling=self.subsampling)
-        return row, buf.getvalue(), None
-
-
-def _identity(item):
-    return item
-
-
 class _ShardWriter:
     """jpeg-shards: one shard's JPEGs appended to a temporary file, renamed into place when the shard is done."""
 
@@ -242,7 +174,7 @@ def preprocess(
     if image_size < 1 or shard_size < 1 or not 1 <= quality <= 100:
         raise ValueError("image_size and shard_size must be positive and quality in 1..100")
     out = Path(out_dir)
-    paths = _paths_of(manifest)
+    paths = sample_names(manifest)
     channels = 1 if manifest.images is not None and manifest.images.ndim == 3 else 3
     settings = {
         "storage": storage,
@@ -252,7 +184,7 @@ def preprocess(
         "quality": quality if storage == "jpeg-shards" else None,
         "subsampling": subsampling if storage == "jpeg-shards" else None,
         "rows": len(manifest),
-        "fingerprint": _fingerprint(manifest, paths),
+        "fingerprint": fingerprint(manifest, paths),
     }
 
     if (out / META).is_file():
@@ -294,7 +226,7 @@ def preprocess(
     )
     writer = _ShardWriter(out) if storage == "jpeg-shards" else _MemmapWriter(out, n, image_size, channels)
     if todo:
-        encoder = _Encoder(
+        encoder = Encoder(
             manifest, paths, image_size=image_size, storage=storage, quality=quality, subsampling=subsampling
         )
         workers = max(0, min(workers, os.cpu_count() or 1))
@@ -303,7 +235,7 @@ def preprocess(
             batch_size=None,
             sampler=todo_rows.tolist(),
             num_workers=workers,
-            collate_fn=_identity,
+            collate_fn=identity,
             prefetch_factor=8 if workers else None,
         )
         bar = tqdm(
@@ -385,13 +317,7 @@ def _finalize(
         cols["true_label"] = manifest.true_labels[keep]
     write_npz(out / SAMPLES, **cols)
     if bad_rows:
-        with atomic_path(out / BAD_LIST) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "path", "source_row", "error"])
-            for r, e in zip(bad_rows, bad_errors, strict=True):
-                row = int(manifest.rows[r]) if manifest.rows is not None else r
-                w.writerow([int(manifest.ids[r]), csv_path(paths[r]), row, e])
-        log.warning("skipped %d unreadable images, listed in %s", len(bad_rows), out / BAD_LIST)
+        write_bad_list(out / BAD_LIST, manifest, paths, list(zip(bad_rows, bad_errors, strict=True)))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -442,7 +368,7 @@ def _read_meta(root: Path) -> dict:
 
 def read_preprocessed(root: str | os.PathLike, *, classes: ClassMap | None = None) -> Manifest:
     """The manifest of a preprocessed folder (ids, labels, class map and original paths as they were written),
-    labels re-encoded through `classes` when given. Its `store` points the datasets at the folder."""
+    labels re-encoded through `classes` when given. Its storage points the datasets at the folder."""
     root = Path(root)
     if not (root / META).is_file():
         raise DataError(
@@ -454,9 +380,8 @@ def read_preprocessed(root: str | os.PathLike, *, classes: ClassMap | None = Non
         labels=store.labels,
         classes=store.classes,
         source=str(root),
-        paths=store.paths,
+        storage=Storage.preprocessed(str(root), store.paths),
         true_labels=store.true_labels,
-        store=str(root),
     )
     return manifest if classes is None else manifest.with_classes(classes)
 
@@ -578,7 +503,7 @@ class PreprocessedDataset(Dataset):
     """
 
     def __init__(self, manifest: Manifest, *, image_size: int) -> None:
-        self.store = open_store(manifest.store)
+        self.store = open_store(manifest.storage.root)
         self.pos = self.store.positions_of(manifest.ids, source=manifest.source)
         self.ids, self.labels = manifest.ids, manifest.labels
         self._ids_t, self._labels_t = torch.as_tensor(self.ids), torch.as_tensor(self.labels)
@@ -617,6 +542,6 @@ class MemmapDataset(PreprocessedDataset):
 
 
 def make_preprocessed_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
-    store = open_store(manifest.store)
+    store = open_store(manifest.storage.root)
     cls = MemmapDataset if store.storage == "memmap" else PreprocessedDataset
     return cls(manifest, image_size=image_size)

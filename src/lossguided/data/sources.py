@@ -10,32 +10,37 @@ cache, see `data.csvread`), the others wait at a barrier and then map that cache
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from lossguided.data import fashion_mnist, webdataset
+from lossguided.data.datasets import ArrayDataset, ImageFileDataset, check_images
 from lossguided.data.decode import to_rgb
 from lossguided.data.manifest import ClassMap, DataError, Manifest, read_csv, read_image_folder
-from lossguided.data.preprocessed import is_preprocessed, read_preprocessed
+from lossguided.data.preprocessed import is_preprocessed, make_preprocessed_dataset, open_store, read_preprocessed
+from lossguided.data.storage import KINDS
 
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One kind of input. `matches(spec)` says whether a command-line name is this source's; `owns(manifest)`
-    whether a manifest (or a subset of it) came from it. `manifest(spec, split=, classes=, options=)` reads it
-    (`options`: the built-in data's, ignored by the others), `dataset(manifest, image_size=)` yields
-    `(uint8 [C,S,S], label, id)`, `image(manifest, id)` is one image at its stored size, uint8 [H,W] or [H,W,3].
-    `default_split(train_spec, split)` names what `split` (val, test) reads when only the training set is named."""
+    """One kind of input. `matches(spec)` says whether a command-line name is this source's; `storage` is the kind of
+    `Storage` (`data.storage.KINDS`) whose pixels it reads. `manifest(spec, split=, classes=, options=)` reads it
+    (`options`: a mapping or object of data settings, such as the config's data section; each source takes what it
+    needs and ignores the rest), `dataset(manifest, image_size=)` yields `(uint8 [C,S,S], label, id)`,
+    `image(manifest, id)` is one image at its stored size, uint8 [H,W] or [H,W,3]. A source's manifests may hold
+    another kind of storage (a CSV of shard samples is read by the WebDataset source). `default_split(train_spec,
+    split)` names what `split` (val, test) reads when only the training set is named."""
 
     name: str
     description: str
     matches: Callable[[str], bool]
-    owns: Callable[[Manifest], bool]
+    storage: str
     manifest: Callable[..., Manifest]
     dataset: Callable[..., Dataset]
     image: Callable[[Manifest, int], np.ndarray]
@@ -49,6 +54,8 @@ def register_source(source: ImageSource) -> ImageSource:
     """Add a source; sources are tried in the order registered, so register the most specific first."""
     if source.name in _SOURCES:
         raise ValueError(f"image source {source.name!r} is already registered")
+    if source.storage not in KINDS:
+        raise ValueError(f"image source {source.name!r}: storage {source.storage!r} is not one of {KINDS}")
     _SOURCES[source.name] = source
     return source
 
@@ -76,11 +83,12 @@ def source_for(spec: str) -> ImageSource:
 
 
 def source_of(manifest: Manifest) -> ImageSource:
-    """The source that holds a manifest's pixels."""
+    """The source that reads a manifest's pixels: the first registered for its storage's kind."""
+    kind = manifest.storage.kind
     for source in _SOURCES.values():
-        if source.owns(manifest):
+        if source.storage == kind:
             return source
-    raise DataError(f"{manifest.source}: no image source holds this manifest's images")
+    raise DataError(f"{manifest.source}: no image source reads {kind} storage")
 
 
 def load_manifest(
@@ -88,14 +96,16 @@ def load_manifest(
     *,
     split: str = "train",
     classes: ClassMap | None = None,
-    fashion_mnist_options: fashion_mnist.FashionMnistOptions | None = None,
+    options: Mapping[str, Any] | object | None = None,
 ) -> Manifest:
     """`spec` is a CSV path, an ImageFolder root, a preprocessed folder (`lossguided preprocess`), WebDataset shards
     (a folder of .tar, one .tar or a brace pattern) or `fashion-mnist` (its `split` is taken: train, val or test).
 
-    With `classes` (a checkpoint's or the training set's class map), labels are encoded through it.
+    With `classes` (a checkpoint's or the training set's class map), labels are encoded through it. `options` are
+    data settings by name (the config's data section, as a `DataConfig` or a dict): each source takes what it needs
+    (the built-in benchmark how it is made), so a caller passes them without asking which source `spec` is.
     """
-    return source_for(spec).manifest(spec, split=split, classes=classes, options=fashion_mnist_options)
+    return source_for(spec).manifest(spec, split=split, classes=classes, options=options)
 
 
 def default_split_spec(train_spec: str, split: str) -> str | None:
@@ -137,13 +147,11 @@ def _is_fashion_mnist(spec: str) -> bool:
 
 def _fashion_mnist_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
     part = spec.split(":", 1)[1] if ":" in spec else split
-    manifest = fashion_mnist.load(part, options or fashion_mnist.FashionMnistOptions())
+    manifest = fashion_mnist.load(part, fashion_mnist.options_from(options))
     return manifest if classes is None else manifest.with_classes(classes)
 
 
 def _array_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
-    from lossguided.data.datasets import ArrayDataset
-
     return ArrayDataset(manifest, image_size=image_size)
 
 
@@ -155,31 +163,19 @@ def _is_preprocessed_spec(spec: str) -> bool:
     return Path(spec).is_dir() and is_preprocessed(spec)
 
 
-def _owns_preprocessed(manifest: Manifest) -> bool:
-    return manifest.store is not None and not webdataset.is_shard_spec(manifest.store)
-
-
 def _preprocessed_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
     return read_preprocessed(spec, classes=classes)
 
 
 def _preprocessed_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
-    from lossguided.data.preprocessed import make_preprocessed_dataset
-
     return make_preprocessed_dataset(manifest, image_size=image_size)
 
 
 def _preprocessed_image(manifest: Manifest, sample_id: int) -> np.ndarray:
-    from lossguided.data.preprocessed import open_store
-
-    store = open_store(manifest.store)
+    store = open_store(manifest.storage.root)
     pos = int(store.positions_of(np.array([sample_id]), source=manifest.source)[0])
     x = store.read(pos).permute(1, 2, 0).numpy()
     return x[..., 0] if x.shape[2] == 1 else x
-
-
-def _owns_webdataset(manifest: Manifest) -> bool:
-    return manifest.store is not None and webdataset.is_shard_spec(manifest.store)
 
 
 def _webdataset_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
@@ -190,13 +186,7 @@ def _webdataset_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
     return webdataset.WebDatasetDataset(manifest, image_size=image_size)
 
 
-def _owns_files(manifest: Manifest) -> bool:
-    return manifest.store is None and manifest.paths is not None
-
-
 def _file_dataset(manifest: Manifest, *, image_size: int) -> Dataset:
-    from lossguided.data.datasets import ImageFileDataset, check_images
-
     check_images(manifest)  # every command decodes its files once first (remembered: later calls cost a stat each)
     return ImageFileDataset(manifest, image_size=image_size)
 
@@ -216,10 +206,20 @@ def _is_csv(spec: str) -> bool:
 
 
 def _csv_manifest(spec: str, *, split: str, classes: ClassMap | None, options=None) -> Manifest:
-    manifest = _once_per_machine(read_csv, Path(spec), classes=classes, builtin_prefixes=(fashion_mnist.PATH_PREFIX,))
-    if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():  # e.g. `select`'s output
-        manifest = fashion_mnist.resolve_paths(manifest, options or fashion_mnist.FashionMnistOptions())
+    """A CSV of image files, or `select`'s output for stored samples: built-in images (`fashion-mnist:train#123`,
+    read into memory) or WebDataset samples (`<shard>.tar#<key>`, read from the shards)."""
+    manifest = _once_per_machine(
+        read_csv,
+        Path(spec),
+        classes=classes,
+        builtin_prefixes=(fashion_mnist.PATH_PREFIX,),
+        member_markers=(webdataset.NAME_MARKER,),
+    )
+    if manifest.paths.startswith_any((fashion_mnist.PATH_PREFIX,)).any():
+        manifest = fashion_mnist.resolve_paths(manifest, fashion_mnist.options_from(options))
         return manifest.with_classes(classes or ClassMap(fashion_mnist.CLASS_NAMES))  # all 10, in their order
+    if manifest.paths.contains(webdataset.NAME_MARKER).any():
+        return webdataset.resolve_names(manifest)
     return manifest
 
 
@@ -244,10 +244,6 @@ def _once_per_machine(read: Callable[..., Manifest], spec, **kwargs) -> Manifest
     return manifest if manifest is not None else read(spec, **kwargs)
 
 
-def _owns_arrays(manifest: Manifest) -> bool:
-    return manifest.images is not None
-
-
 def _fashion_mnist_default_split(spec: str, split: str) -> str | None:
     return fashion_mnist.NAME if spec == fashion_mnist.NAME else None  # its own val and test splits
 
@@ -258,7 +254,7 @@ register_source(
         name="fashion-mnist",
         description="the built-in benchmark, in memory",
         matches=_is_fashion_mnist,
-        owns=_owns_arrays,
+        storage="arrays",
         manifest=_fashion_mnist_manifest,
         dataset=_array_dataset,
         image=_array_image,
@@ -270,7 +266,7 @@ register_source(
         name="webdataset",
         description="WebDataset .tar shards (folder, .tar, brace pattern)",
         matches=webdataset.is_shard_spec,
-        owns=_owns_webdataset,
+        storage="webdataset",
         manifest=_webdataset_manifest,
         dataset=_webdataset_dataset,
         image=webdataset.image_of,
@@ -281,7 +277,7 @@ register_source(
         name="preprocessed",
         description="a `lossguided preprocess` folder (jpeg-shards or memmap)",
         matches=_is_preprocessed_spec,
-        owns=_owns_preprocessed,
+        storage="preprocessed",
         manifest=_preprocessed_manifest,
         dataset=_preprocessed_dataset,
         image=_preprocessed_image,
@@ -292,7 +288,7 @@ register_source(
         name="image-folder",
         description="an ImageFolder tree root/<class>/<image>",
         matches=lambda s: Path(s).is_dir(),
-        owns=_owns_files,
+        storage="files",
         manifest=_image_folder_manifest,
         dataset=_file_dataset,
         image=_file_image,
@@ -303,7 +299,7 @@ register_source(
         name="csv",
         description="a CSV manifest path,label[,id] (paths relative to it)",
         matches=_is_csv,
-        owns=_owns_files,
+        storage="files",
         manifest=_csv_manifest,
         dataset=_file_dataset,
         image=_file_image,

@@ -161,6 +161,27 @@ class StringColumn:
             out[cand[match]] = True
         return out
 
+    def contains(self, text: str) -> np.ndarray:
+        """bool [N]: whether each item holds `text` (within the prefix or within the item's own bytes); vectorized,
+        scanning the buffer a block at a time."""
+        out = np.zeros(len(self), dtype=bool)
+        if text in self.prefix:
+            out[:] = True
+            return out
+        raw = np.frombuffer(text.encode(), dtype=np.uint8)
+        buf = self.buffer
+        if len(raw) == 0 or len(buf) < len(raw):
+            out[:] = len(raw) == 0
+            return out
+        last = len(buf) - len(raw) + 1  # candidate starts
+        for a in range(0, last, GATHER_BYTES):
+            cand = np.flatnonzero(buf[a : min(last, a + GATHER_BYTES)] == raw[0]) + a
+            for j in range(1, len(raw)):
+                cand = cand[buf[cand + j] == raw[j]]
+            rows = np.searchsorted(self.offsets, cand, side="right") - 1
+            out[rows[cand + len(raw) <= self.offsets[rows + 1]]] = True
+        return out
+
 
 def gather(
     buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, *, out: np.ndarray | None = None

@@ -1,6 +1,7 @@
 """WebDataset-style tar shards as an image source: `--train/--val/--test` accept a folder of `.tar` shards, one
 shard, or a brace pattern (`shards/train-{000000..000009}.tar`) that a user already has, and
-`lossguided preprocess --format webdataset` writes them from any manifest. No `webdataset` package is needed.
+`lossguided preprocess --format webdataset` writes them from any manifest (`data.webdataset_writer`). No
+`webdataset` package is needed.
 
 A shard is a plain POSIX tar whose members are grouped into samples by key (the member name up to the first dot of
 its file name): `<key>.jpg|jpeg|png|webp` is the image, and the label is `<key>.cls` (a class index when a
@@ -23,18 +24,17 @@ import logging
 import os
 import re
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lossguided.data.datasets import UnreadableImageError
-from lossguided.data.decode import decode_bytes, resize_uint8, to_rgb
+from lossguided.data.decode import UnreadableImageError, decode_bytes, resize_uint8, to_rgb
 from lossguided.data.manifest import ClassMap, DataError, Manifest
-from lossguided.data.strings import StringColumn
-from lossguided.io import atomic_path, disk_errors, write_json, write_npz
-from lossguided.layout import csv_path
+from lossguided.data.storage import Storage
+from lossguided.io import write_npz
 
 log = logging.getLogger("lossguided")
 
@@ -42,6 +42,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CLASSES_FILE = "classes.json"
 INDEX_VERSION = 1
 _BRACE = re.compile(r"\{([^{}]*)\}")
+NAME_MARKER = ".tar#"  # in a sample's name `<shard>.tar#<key>`
 _MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # WebDataset's split: key = up to the file name's first dot
 
 
@@ -307,7 +308,7 @@ def _label_names(store: ShardStore, names: tuple[str, ...] | None, labels: list[
 
 def read_webdataset(spec: str, *, classes: ClassMap | None = None) -> Manifest:
     """The manifest of WebDataset shards (see the module doc); labels re-encoded through `classes` when given. Its
-    `store` is the spec, which points the datasets at the shards."""
+    storage's root is the spec, which points the datasets at the shards."""
     spec = str(spec)
     store = open_store(spec)
     names = _class_names(store.shards)
@@ -325,31 +326,90 @@ def read_webdataset(spec: str, *, classes: ClassMap | None = None) -> Manifest:
         labels=encoded,
         classes=own,
         source=spec,
+        storage=Storage.webdataset([store.name(i) for i in range(len(store.ids))], spec),
         true_labels=true,
-        store=spec,
-        paths=StringColumn.from_strings([store.name(i) for i in range(len(store.ids))]),
     )
     return manifest if classes is None else manifest.with_classes(classes)
+
+
+def resolve_names(manifest: Manifest) -> Manifest:
+    """A CSV manifest whose paths read `<shard>.tar#<key>` (what `lossguided select` writes for shard samples) as a
+    WebDataset manifest: ids and labels as the CSV has them, pixels read from the shards by each shard's offsets
+    index. Every name is checked now; one that no shard holds is an error naming the CSV, row and name."""
+    named = manifest.paths.contains(NAME_MARKER)
+    rows = manifest.rows if manifest.rows is not None else np.arange(len(manifest)) + 2
+    if not named.all():
+        r = int(np.flatnonzero(~named)[0])
+        raise DataError(
+            f"{manifest.source}: row {rows[r]}: path {manifest.paths[r]!r}: mixes WebDataset samples "
+            "(<shard>.tar#<key>) and image files; one CSV names one kind"
+        )
+    locate_names(manifest.paths, source=manifest.source, rows=rows)
+    return Manifest(
+        ids=manifest.ids,
+        labels=manifest.labels,
+        classes=manifest.classes,
+        source=manifest.source,
+        storage=Storage.webdataset(manifest.paths),
+        true_labels=manifest.true_labels,
+        rows=manifest.rows,
+        digest=manifest.digest,
+    )
+
+
+def locate(manifest: Manifest) -> tuple[list[ShardStore], np.ndarray, np.ndarray]:
+    """Where each row's image is: (stores, store of each row [N] int, position in that store [N] int). By id in the
+    spec's index when the rows came from one spec (the storage's root); else by name, one index per shard."""
+    spec = manifest.storage.root
+    if spec is None:
+        return locate_names(manifest.paths, source=manifest.source, rows=manifest.rows)
+    store = open_store(spec)
+    pos = store.positions_of(manifest.ids, source=manifest.source)
+    return [store], np.zeros(len(pos), dtype=np.int64), pos
+
+
+def locate_names(
+    names: Sequence[str], *, source: str, rows: np.ndarray | None = None
+) -> tuple[list[ShardStore], np.ndarray, np.ndarray]:
+    """`locate` by names `<shard>.tar#<key>`: each shard's (cached) index is opened once, and each key looked up in
+    it; a name that no shard holds is an error naming `source`, the row and the name."""
+    stores: list[ShardStore] = []
+    by_shard: dict[str, int] = {}
+    which, pos = np.zeros(len(names), dtype=np.int64), np.zeros(len(names), dtype=np.int64)
+    for i, name in enumerate(names):
+        shard, _, key = str(name).rpartition("#")
+        k = by_shard.get(shard)
+        if k is None:
+            if not shard.endswith(".tar") or not os.path.isfile(shard):
+                row = rows[i] if rows is not None else i
+                raise DataError(f"{source}: row {row}: {name}: no such image, and {shard or name} is no .tar shard")
+            k = by_shard[shard] = len(stores)
+            stores.append(open_store(shard))
+        p = stores[k].position_of_key(key)
+        if p is None:
+            row = rows[i] if rows is not None else i
+            raise DataError(f"{source}: row {row}: {name}: shard {shard} holds no sample with key {key!r}")
+        which[i], pos[i] = k, p
+    return stores, which, pos
 
 
 class WebDatasetDataset(Dataset):
     """`(uint8 [C,S,S], label, id)` for the samples (and labels) of `manifest`, read from its shards by offset."""
 
     def __init__(self, manifest: Manifest, *, image_size: int) -> None:
-        self.store = open_store(manifest.store)
-        self.pos = self.store.positions_of(manifest.ids, source=manifest.source)
+        self.stores, self.which, self.pos = locate(manifest)
         self.ids, self.labels, self.image_size = manifest.ids, manifest.labels, image_size
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        pos = int(self.pos[i])
+        store, pos = self.stores[int(self.which[i])], int(self.pos[i])
         try:
-            x = decode_bytes(self.store.read(pos))
+            x = decode_bytes(store.read(pos))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UnreadableImageError(
-                f"{self.store.name(pos)}: id {int(self.ids[i])}: cannot decode image ({type(e).__name__}: {e})"
+                f"{store.name(pos)}: id {int(self.ids[i])}: cannot decode image ({type(e).__name__}: {e})"
             ) from None
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = resize_uint8(x, self.image_size)
@@ -358,9 +418,8 @@ class WebDatasetDataset(Dataset):
 
 def image_of(manifest: Manifest, sample_id: int) -> np.ndarray:
     """One sample's image at its stored size, uint8 [H,W,3] (for thumbnails)."""
-    store = open_store(manifest.store)
-    pos = int(store.positions_of(np.array([sample_id]), source=manifest.source)[0])
-    with Image.open(io.BytesIO(store.read(pos))) as img:
+    stores, which, pos = locate(manifest.subset(manifest.positions_of(np.array([sample_id], dtype=np.int64))))
+    with Image.open(io.BytesIO(stores[int(which[0])].read(int(pos[0])))) as img:
         return np.array(to_rgb(img))
 
 
@@ -386,151 +445,3 @@ def image_by_name(name: str) -> np.ndarray | None:
             return np.array(to_rgb(img))
     except (OSError, ValueError, TypeError, Image.DecompressionBombError):
         return None
-
-
-# -- writing ----------------------------------------------------------------------------------------------------
-DONE = "webdataset.json"  # written last: the folder is complete
-
-
-def write_webdataset(
-    manifest: Manifest,
-    out_dir: str | os.PathLike,
-    *,
-    image_size: int = 256,
-    quality: int = 90,
-    subsampling: str = "4:2:0",
-    shard_size: int = 10_000,
-    workers: int = 0,
-    skip_bad_images: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Write `manifest`'s images, decoded, resized to image_size and re-encoded as JPEG, into WebDataset shards
-    `out_dir/shard-000000.tar`, ... (`<id>.jpg`, `<id>.cls` class index, `<id>.json` label name, id, original path
-    [, true_label]) with `classes.json` and each shard's offsets index beside them. Each shard is written to a
-    temporary name and renamed; `webdataset.json` is written last. The same command on a complete folder returns at
-    once; other settings in a non-empty folder are an error. An image that cannot be decoded stops the run naming
-    it, or with `skip_bad_images` is left out and listed in `bad_images.csv`."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from lossguided.data.preprocessed import _Encoder, _fingerprint, _identity, _paths_of
-
-    if image_size < 1 or shard_size < 1 or not 1 <= quality <= 100:
-        raise ValueError("image_size and shard_size must be positive and quality in 1..100")
-    out = Path(out_dir)
-    paths = _paths_of(manifest)
-    settings = {
-        "format": "webdataset",
-        "image_size": image_size,
-        "quality": quality,
-        "subsampling": subsampling,
-        "shard_size": shard_size,
-        "rows": len(manifest),
-        "fingerprint": _fingerprint(manifest, paths),
-    }
-    if (out / DONE).is_file():
-        done = json.loads((out / DONE).read_text())
-        if {k: done.get(k) for k in settings} == settings:
-            log.info("%s: already written, nothing to do", out)
-            return done["summary"]
-        raise DataError(f"{out}: holds WebDataset shards of other input or settings; remove it or use another --out")
-    if out.is_dir() and any(out.iterdir()):
-        raise DataError(f"{out}: not empty; choose an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    names = manifest.classes.names
-    write_json(out / CLASSES_FILE, list(names))
-    encoder = _Encoder(
-        manifest, paths, image_size=image_size, storage="jpeg-shards", quality=quality, subsampling=subsampling
-    )
-    workers = max(0, min(workers, os.cpu_count() or 1))
-    loader = DataLoader(
-        encoder,
-        batch_size=None,
-        sampler=range(len(manifest)),
-        num_workers=workers,
-        collate_fn=_identity,
-        prefetch_factor=8 if workers else None,
-    )
-    bar = tqdm(total=len(manifest), unit="img", desc=f"webdataset {out.name}", disable=not progress)
-    bad: list[tuple[int, str]] = []
-    shards, tar, nbytes, current = [], None, 0, -1
-    try:
-        with disk_errors(out):
-            for row, payload, error in loader:
-                bar.update()
-                if error is not None:
-                    if not skip_bad_images:
-                        raise DataError(f"{error}; fix or remove it, or pass --skip-bad-images to leave it out")
-                    bad.append((row, error))
-                    continue
-                if tar is None or row // shard_size != current:
-                    if tar is not None:
-                        nbytes += _close_shard(tar, shards[-1])
-                    current = row // shard_size
-                    shards.append(out / f"shard-{current:06d}.tar")
-                    tar = tarfile.open(shards[-1].with_name(f".{shards[-1].name}.tmp"), "w", format=tarfile.GNU_FORMAT)
-                key = f"{int(manifest.ids[row]):09d}"
-                meta = {"label": names[manifest.labels[row]], "id": int(manifest.ids[row]), "path": paths[row]}
-                if manifest.true_labels is not None:
-                    meta["true_label"] = names[manifest.true_labels[row]]
-                _add(tar, f"{key}.jpg", payload)
-                _add(tar, f"{key}.cls", str(int(manifest.labels[row])).encode())
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-            if tar is not None:
-                nbytes += _close_shard(tar, shards[-1])
-                tar = None
-    finally:
-        bar.close()
-        if tar is not None:
-            tar.close()
-            Path(tar.name).unlink(missing_ok=True)
-    if not shards:
-        raise DataError(f"{manifest.source}: no image could be decoded; see {out / BAD_LIST}")
-    if bad:
-        _write_bad(out / BAD_LIST, manifest, paths, bad)
-    summary = {
-        "out": str(out),
-        "storage": "webdataset",
-        "image_size": image_size,
-        "shards": len(shards),
-        "samples": len(manifest) - len(bad),
-        "skipped": len(bad),
-        "bytes": int(nbytes),
-        "bytes_per_image": round(nbytes / max(1, len(manifest) - len(bad)), 1),
-    }
-    if bad:
-        summary["bad_images"] = str(out / BAD_LIST)
-    write_json(out / DONE, {**settings, "summary": summary})
-    return summary
-
-
-BAD_LIST = "bad_images.csv"
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _close_shard(tar: tarfile.TarFile, final: Path) -> int:
-    """Finish a shard: close, fsync, rename into place, and build its offsets index now (one read of a file still
-    in the page cache)."""
-    tar.close()
-    with open(tar.name, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tar.name, final)
-    shard_index(final)
-    return final.stat().st_size
-
-
-def _write_bad(path: Path, manifest: Manifest, paths: list[str], bad: list[tuple[int, str]]) -> None:
-    import csv
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "path", "source_row", "error"])
-        for r, e in bad:
-            row = int(manifest.rows[r]) if manifest.rows is not None else r
-            w.writerow([int(manifest.ids[r]), csv_path(paths[r]), row, e])
-    log.warning("skipped %d unreadable images, listed in %s", len(bad), path)

@@ -12,10 +12,11 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -298,12 +299,13 @@ def _write_rows(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows([safe_cell(c) for c in r] for r in rows)  # class names and paths: no spreadsheet formulas
 
 
-def load_manifest_for_eda(spec: str, fashion_mnist_options=None) -> Manifest:
-    """Like `load_manifest`, but a CSV whose images are missing still loads: eda lists them instead of stopping."""
+def load_manifest_for_eda(spec: str, options: Mapping[str, Any] | None = None) -> Manifest:
+    """Like `load_manifest` (`options`: data settings by name), but a CSV whose images are missing still loads: eda
+    lists them instead of stopping."""
     from lossguided.data.manifest import read_csv
     from lossguided.data.sources import load_manifest
 
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_csv(path, check_files=False)
-    return load_manifest(spec, split="train", fashion_mnist_options=fashion_mnist_options)
+    return load_manifest(spec, split="train", options=options)

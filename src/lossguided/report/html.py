@@ -20,12 +20,12 @@ import jinja2
 import markupsafe
 import numpy as np
 
-from lossguided.data import fashion_mnist
-from lossguided.data.manifest import Manifest
+from lossguided.data.manifest import DataError, Manifest
+from lossguided.data.sources import load_manifest, source_for
 from lossguided.io import write_text
 from lossguided.losstable import LossTable
 from lossguided.report import figures
-from lossguided.report.images import ImageResolver, options_from_config
+from lossguided.report.images import ImageResolver
 from lossguided.report.rundir import RunFolder, read_run
 from lossguided.report.suspects import rank_in_class
 
@@ -416,16 +416,19 @@ def render_page(
 
 
 def run_resolver(run: RunFolder) -> ImageResolver:
-    """Images of a run: files by path; the built-in Fashion-MNIST by id, made with the run's data options."""
+    """Images of a run: files by path; in-memory data (paths `<source>#<id>`) re-loaded through its image source,
+    made with the run's data settings (its config's data section)."""
+    data = (run.config or {}).get("data") or {}
 
-    def builtin(source: str) -> Manifest | None:
-        if not source.startswith(fashion_mnist.NAME + ":"):
-            return None
-        data = (run.config or {}).get("data")
-        opts = options_from_config(data) if data else fashion_mnist.FashionMnistOptions()
-        return fashion_mnist.load(source.split(":", 1)[1], opts)
+    def in_memory(source: str) -> Manifest | None:
+        try:
+            if source_for(source).storage != "arrays":
+                return None  # a file path, or a source whose pixels are not in memory
+        except DataError:
+            return None  # no source's name: a missing file
+        return load_manifest(source, options=data)
 
-    return ImageResolver(builtin)
+    return ImageResolver(in_memory)
 
 
 def build_report(

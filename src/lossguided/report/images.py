@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from lossguided.data import fashion_mnist
 from lossguided.data.manifest import DataError, Manifest
 from lossguided.data.sources import image_by_name
 
@@ -163,12 +162,3 @@ def _no_bar(progress: bool | None, n: int) -> bool | None:
     if progress is not None:
         return not progress
     return True if n < 2000 else None
-
-
-def options_from_config(data: dict | None) -> fashion_mnist.FashionMnistOptions:
-    """`stages.fashion_mnist_options` of a config's data section (a dict, as saved in a run's config.yaml), without
-    importing the training stack (torch, timm: seconds) just to read images; a test checks that both agree."""
-    from lossguided.config import from_dict
-
-    d = from_dict({"data": data or {}}).data
-    return fashion_mnist.options_from(d)
