@@ -144,6 +144,46 @@ def test_webdataset_round_trip_keeps_ids_labels_classes_and_pixels(tmp_path, ima
         write_webdataset(src, out, image_size=SIZE * 2, shard_size=5, progress=False)
 
 
+def test_an_interrupted_webdataset_write_resumes_with_the_missing_shards_only(tmp_path, image_csv):
+    """A bad image in the third shard stops the write after two finished shards; once it is fixed, the same
+    command writes only the missing shards, and the result is byte for byte a fresh write."""
+    src = read_csv(image_csv).subset(np.arange(12))
+    victim = tmp_path / src.paths[11]
+    good = victim.read_bytes()
+    victim.write_bytes(b"not an image")
+    out = tmp_path / "wds"
+    with pytest.raises(DataError, match="pass --skip-bad-images"):
+        write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False)
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    assert sorted(first) == ["shard-000000.tar", "shard-000001.tar"] and not (out / "webdataset.json").exists()
+
+    with pytest.raises(DataError, match="partial write of other input or settings"):
+        write_webdataset(src, out, image_size=SIZE + 1, shard_size=5, progress=False)
+    victim.write_bytes(good)
+    summary = write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False)
+    assert summary["shards"] == 3 and summary["samples"] == 12
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar") if p.name in first} == first  # kept
+    assert not (out / "webdataset.partial.json").exists()
+    fresh = tmp_path / "fresh"
+    assert write_webdataset(src, fresh, image_size=SIZE, shard_size=5, progress=False)["bytes"] == summary["bytes"]
+    for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    np.testing.assert_array_equal(load_manifest(str(out)).ids, src.ids)
+
+
+def test_skipped_images_of_finished_shards_are_still_listed_after_a_resume(tmp_path, image_csv):
+    src = read_csv(image_csv).subset(np.arange(12))
+    (tmp_path / src.paths[1]).write_bytes(b"broken")  # shard 0, skipped
+    (tmp_path / src.paths[7]).write_bytes(b"broken")  # shard 1, stops the strict run
+    out = tmp_path / "wds"
+    with pytest.raises(DataError):
+        write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False, skip_bad_images=False)
+    assert not list(out.glob("shard-*.tar"))  # shard 0 had a bad image too: nothing finished, nothing kept wrong
+    summary = write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False, skip_bad_images=True)
+    assert summary["skipped"] == 2 and summary["samples"] == 10
+    assert (out / "bad_images.csv").read_text().count("\n") == 3  # header + 2
+
+
 def test_a_selection_csv_of_shard_samples_reads_back_as_train(tmp_path, image_csv):
     """`lossguided select` on a WebDataset run writes `<shard>.tar#<key>` paths; that CSV is a training set: its
     pixels come from the shards (by each shard's offsets index), its ids and labels from the CSV."""

@@ -1,6 +1,7 @@
 """Writing WebDataset shards (`lossguided preprocess --format webdataset`) from any manifest: the images decoded,
 resized and re-encoded as JPEG, grouped into plain tar shards that any WebDataset reader reads, each with the offsets
-index that `data.webdataset` reads them by."""
+index that `data.webdataset` reads them by. Resumable: each finished shard is recorded in `webdataset.partial.json`,
+so the same command after a crash, Ctrl-C or a fixed bad image writes only the shards still missing."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from lossguided.io import disk_errors, write_json
 log = logging.getLogger("lossguided")
 
 DONE = "webdataset.json"  # written last: the folder is complete
+PARTIAL = "webdataset.partial.json"  # the settings and the shards finished so far (with their skipped rows)
 
 
 def write_webdataset(
@@ -40,8 +42,9 @@ def write_webdataset(
     `out_dir/shard-000000.tar`, ... (`<id>.jpg`, `<id>.cls` class index, `<id>.json` label name, id, original path
     [, true_label]) with `classes.json` and each shard's offsets index beside them. Each shard is written to a
     temporary name and renamed; `webdataset.json` is written last. The same command on a complete folder returns at
-    once; other settings in a non-empty folder are an error. An image that cannot be decoded stops the run naming
-    it, or with `skip_bad_images` is left out and listed in `bad_images.csv`."""
+    once, on an interrupted one writes the missing shards only; other settings in a non-empty folder are an error.
+    An image that cannot be decoded stops the run naming it, or with `skip_bad_images` is left out and listed in
+    `bad_images.csv`."""
     if image_size < 1 or shard_size < 1 or not 1 <= quality <= 100:
         raise ValueError("image_size and shard_size must be positive and quality in 1..100")
     out = Path(out_dir)
@@ -61,26 +64,40 @@ def write_webdataset(
             log.info("%s: already written, nothing to do", out)
             return done["summary"]
         raise DataError(f"{out}: holds WebDataset shards of other input or settings; remove it or use another --out")
-    if out.is_dir() and any(out.iterdir()):
-        raise DataError(f"{out}: not empty; choose an empty or new --out")
+    finished = _finished_shards(out, settings)
     out.mkdir(parents=True, exist_ok=True)
+    if not finished:
+        write_json(out / PARTIAL, {**settings, "shards": {}})
     names = manifest.classes.names
     write_json(out / CLASSES_FILE, list(names))
     encoder = Encoder(
         manifest, paths, image_size=image_size, storage="jpeg-shards", quality=quality, subsampling=subsampling
     )
     workers = max(0, min(workers, os.cpu_count() or 1))
+    todo = [r for r in range(len(manifest)) if str(r // shard_size) not in finished]
+    if finished:
+        log.info("%s: resuming: %d shard(s) already written, %d images to go", out, len(finished), len(todo))
     loader = DataLoader(
         encoder,
         batch_size=None,
-        sampler=range(len(manifest)),
+        sampler=todo,
         num_workers=workers,
         collate_fn=identity,
         prefetch_factor=8 if workers else None,
     )
-    bar = tqdm(total=len(manifest), unit="img", desc=f"webdataset {out.name}", disable=not progress)
-    bad: list[tuple[int, str]] = []
-    shards, tar, nbytes, current = [], None, 0, -1
+    bar = tqdm(total=len(todo), unit="img", desc=f"webdataset {out.name}", disable=not progress)
+    bad: list[tuple[int, str]] = [(row, error) for shard in finished.values() for row, error in shard["bad"]]
+    shards, tar, current = [], None, -1
+
+    def close() -> None:
+        """Finish the open shard and record it (with the rows it skipped) as done."""
+        _close_shard(tar, shards[-1])
+        finished[str(current)] = {
+            "file": shards[-1].name,
+            "bad": [[r, e] for r, e in bad if r // shard_size == current],
+        }
+        write_json(out / PARTIAL, {**settings, "shards": finished})
+
     try:
         with disk_errors(out):
             for row, payload, error in loader:
@@ -92,7 +109,7 @@ def write_webdataset(
                     continue
                 if tar is None or row // shard_size != current:
                     if tar is not None:
-                        nbytes += _close_shard(tar, shards[-1])
+                        close()
                     current = row // shard_size
                     shards.append(out / f"shard-{current:06d}.tar")
                     tar = tarfile.open(shards[-1].with_name(f".{shards[-1].name}.tmp"), "w", format=tarfile.GNU_FORMAT)
@@ -104,17 +121,20 @@ def write_webdataset(
                 _add(tar, f"{key}.cls", str(int(manifest.labels[row])).encode())
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
             if tar is not None:
-                nbytes += _close_shard(tar, shards[-1])
+                close()
                 tar = None
     finally:
         bar.close()
         if tar is not None:
             tar.close()
             Path(tar.name).unlink(missing_ok=True)
+    shards = [out / shard["file"] for _, shard in sorted(finished.items(), key=lambda kv: int(kv[0]))]
     if not shards:
         raise DataError(f"{manifest.source}: no image could be decoded; see {out / BAD_LIST}")
+    bad.sort()
     if bad:
         write_bad_list(out / BAD_LIST, manifest, paths, bad)
+    nbytes = sum(path.stat().st_size for path in shards)
     summary = {
         "out": str(out),
         "storage": "webdataset",
@@ -128,7 +148,25 @@ def write_webdataset(
     if bad:
         summary["bad_images"] = str(out / BAD_LIST)
     write_json(out / DONE, {**settings, "summary": summary})
+    (out / PARTIAL).unlink(missing_ok=True)
     return summary
+
+
+def _finished_shards(out: Path, settings: dict) -> dict[str, dict]:
+    """The shards an interrupted write of the same input and settings finished ({} to start afresh); a folder that
+    holds anything else is an error, never overwritten."""
+    partial = out / PARTIAL
+    if partial.is_file():
+        try:
+            saved = json.loads(partial.read_text())
+        except ValueError:
+            raise DataError(f"{partial}: damaged; remove {out} and write it again") from None
+        if {k: saved.get(k) for k in settings} != settings:
+            raise DataError(f"{out}: holds a partial write of other input or settings; remove it or use another --out")
+        return {i: shard for i, shard in saved["shards"].items() if (out / shard["file"]).is_file()}
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: not empty; choose an empty or new --out")
+    return {}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
