@@ -73,6 +73,13 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     assert summary[0] == "class,available,selected" and len(summary) == 4
     capsys.readouterr()
 
+    agree = tmp_path / "agree.csv"
+    argv = ["select", str(table_path), "--bands", "1-8", "--drop-loss-above", "100", "--drop-disagreeing"]
+    assert main([*argv, "--out", str(agree)]) == 0
+    dropped = json.loads(capsys.readouterr().out)["dropped_disagreeing"]
+    assert dropped == int((table.preds != table.labels).sum() - _kept_anyway(table))
+    assert len(agree.read_text().splitlines()) - 1 == 24 - dropped
+
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--test", str(image_csv)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert {"mean_top1_error", "top1_error", "per_class_error"} <= set(metrics)
@@ -385,3 +392,13 @@ def test_evaluate_with_progress_batch_size_workers_and_predictions(tmp_path, ima
     assert first[1] in {"SKU-A", "SKU-B", "SKU-C"} and first[2] != first[1] and float(first[3]) >= float(first[4])
     wrong = sum(r.split(",")[1] != lab for r, lab in zip(rows[1:], ["SKU-B", "SKU-A", "SKU-C"] * 8, strict=True))
     assert metrics["top1_error"] == pytest.approx(wrong / 24)
+
+
+def _kept_anyway(table: LossTable) -> int:
+    """Disagreeing samples among each class's 5 lowest losses (kept so that no class is emptied)."""
+    kept = 0
+    for c in np.unique(table.labels):
+        rows = np.flatnonzero(table.labels == c)
+        low = rows[np.argsort(table.losses[rows], kind="stable")[:5]]
+        kept += int((table.preds[low] != c).sum())
+    return kept

@@ -166,3 +166,16 @@ def test_page_text_is_escaped_by_the_template(fake_run, tmp_path):
     page, _ = build_report(run)
     assert "<i>" not in page and "run &lt;i&gt;x &amp; co" in page
     assert page.count("<script>") == 1 and "JSON.parse" in page and "table.stages" in page  # script and CSS inlined
+
+
+def test_the_drop_rule_drops_disagreeing_samples_first_as_the_selection_does():
+    from lossguided.report.html import drop_rule
+
+    labels = np.repeat([0, 1], 50)
+    losses = np.r_[np.linspace(0.01, 0.5, 50), np.linspace(0.01, 0.5, 50)]
+    disagreeing = np.zeros(100, bool)
+    disagreeing[[3, 60]] = True  # low losses, yet assigned to another class
+    rule = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None, disagreeing=disagreeing)
+    assert (losses > rule.per_sample).tolist() == disagreeing.tolist()
+    without = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None)
+    assert not (losses > without.per_sample).any()

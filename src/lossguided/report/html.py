@@ -24,6 +24,7 @@ from lossguided.data.manifest import DataError, Manifest
 from lossguided.data.sources import load_manifest, source_for
 from lossguided.io import write_text
 from lossguided.losstable import LossTable
+from lossguided.refine.threshold import agreeing_mask
 from lossguided.report import figures
 from lossguided.report.images import ImageResolver
 from lossguided.report.rundir import RunFolder, read_run
@@ -69,19 +70,23 @@ def drop_rule(
     num_classes: int,
     drop_loss_above: float | str | None,
     drop_quantile: float | None,
+    disagreeing: np.ndarray | None = None,
 ) -> DropRule:
     """The selection's drop rules per sample. 'auto' takes the per-class thresholds of
     `estimate_drop_threshold(labels, losses, num_classes=K)`, and a drop quantile then applies to the losses that
-    stay (as in the selection); the histogram's line for 'auto' is the median of the classes' thresholds."""
+    stay (as in the selection); the histogram's line for 'auto' is the median of the classes' thresholds.
+    `disagreeing` [N] bool (`refine.drop_disagreeing`): samples dropped first, whatever their loss; the fit and the
+    quantile then see the others, as in the selection."""
     raw, losses = losses, np.asarray(losses, dtype=np.float64)  # the fit and quantile see what the selection saw
     limit = np.full(len(losses), np.inf)
     lines: list[tuple[str, float]] = []
     per_class = None
+    stay = np.ones(len(losses), bool) if disagreeing is None else ~disagreeing
     if drop_loss_above == "auto":
-        if len(losses):
+        if stay.any():
             from lossguided.refine.threshold import estimate_drop_threshold
 
-            auto = estimate_drop_threshold(labels, raw, num_classes=num_classes)
+            auto = estimate_drop_threshold(labels[stay], raw[stay], num_classes=num_classes)
             per_class = auto.per_class
             limit = per_class[labels].astype(np.float64)
             finite = per_class[np.isfinite(per_class)]
@@ -96,11 +101,13 @@ def drop_rule(
         limit[:] = float(drop_loss_above)
         lines.append(("drop_loss_above", float(drop_loss_above)))
     if drop_quantile and len(losses):
-        staying = raw[losses <= limit]
+        staying = raw[stay & (losses <= limit)]
         if staying.size:
             q = float(np.quantile(staying, 1.0 - drop_quantile))
             limit = np.minimum(limit, q)
             lines.append((f"drop_quantile {drop_quantile:g}", q))
+    if disagreeing is not None:
+        limit = np.where(disagreeing, -np.inf, limit)
     return DropRule(limit, lines, per_class)
 
 
@@ -362,6 +369,9 @@ def render_page(
         num_classes=len(table.classes) if table is not None else 0,
         drop_loss_above=run.refine_setting("drop_loss_above"),
         drop_quantile=run.refine_setting("drop_quantile"),
+        disagreeing=~agreeing_mask(labels, losses, table.preds)
+        if table is not None and run.refine_setting("drop_disagreeing")
+        else None,
     )
     high_loss, high_why = high_loss_limit(losses, rule)
     if rule.per_class is not None:
