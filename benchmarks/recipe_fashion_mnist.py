@@ -430,7 +430,7 @@ def load_rows(results: Path, setting: str) -> dict[str, list[dict]]:
     for path in sorted((results / setting).glob("*-s*.json")):
         r = json.loads(path.read_text())
         out.setdefault(r["row"], []).append(r)
-    if setting != "clean":  # the third-round recipe on the true labels: the ceiling of the third-round row
+    if setting != "clean" and "recipe_rounds3" in out:  # the third-round recipe on the true labels: its ceiling
         for path in sorted((results / "clean").glob("recipe_rounds3-s*.json")):
             r = json.loads(path.read_text())
             out.setdefault("matched_oracle_rounds3", []).append(r | {"row": "matched_oracle_rounds3", "wall_s": None})
