@@ -21,6 +21,8 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
 * recipe, 1.5       - the same with the fixed 1.5 nats of the first benchmark;
 * ensemble          - recipe auto + two more fine-tune seeds through saved features, TTA chosen on val;
 * rounds3           - recipe auto with a third record/refine round (rounds 1-2 shared with the auto row);
+* oof               - recipe auto whose first recording is out of fold (`record.folds: 2`): two models, each
+                      pre-trained on half the data, score the half they never saw;
 * disagree          - recipe auto that also drops samples whose recorded prediction is another class
                       (`refine.drop_disagreeing`; each class keeps its 5 lowest losses).
 
@@ -140,6 +142,7 @@ class Bench:
             "ensemble": {"refine.drop_loss_above": "auto", "ensemble.seeds": [101, 102]},
             "rounds3": {"refine.drop_loss_above": "auto", "refine.rounds": 3},
             "disagree": {"refine.drop_loss_above": "auto", "refine.drop_disagreeing": True},
+            "oof": {"refine.drop_loss_above": "auto", "record.folds": 2},
         }[variant]
 
         def run() -> dict:
@@ -374,7 +377,15 @@ def _recipe_images_seen(out: Path, n: int, stage_rows: list[dict]) -> int:
             continue
         if name.startswith("refine"):
             r = name.removeprefix("refine")
-            seen += n * _epochs_run(out / f"record{r}") + s["train_samples"] * _epochs_run(out / name)
+            cross_fit = out / f"record{r}" / "cross_fit.json"
+            if cross_fit.is_file():  # out-of-fold recording: each fold model's pre-training (scoring is eval only)
+                sizes = json.loads(cross_fit.read_text())["fit_sizes"]
+                seen += sum(
+                    size * _epochs_run(out / f"record{r}" / f"fold{f}" / "model") for f, size in enumerate(sizes)
+                )
+            else:
+                seen += n * _epochs_run(out / f"record{r}")
+            seen += s["train_samples"] * _epochs_run(out / name)
         elif name.startswith("ensemble"):
             for seed_dir in sorted((out / "ensemble").glob("seed*")):
                 seen += s["train_samples"] * _epochs_run(seed_dir)
@@ -406,6 +417,7 @@ ROW_ORDER = [
     ("recipe_fixed", "recipe, fixed 1.5 nats"),
     ("recipe_auto", "recipe, auto threshold"),
     ("recipe_rounds3", "recipe auto, a third round"),
+    ("recipe_oof", "recipe auto, out-of-fold first recording (2 folds)"),
     ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]

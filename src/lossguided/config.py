@@ -128,8 +128,15 @@ class RecordConfig:
     epochs: int = 1  # > 1 averages over several epochs (O2U-Net style)
     lr: float | None = None  # None: the pre-training lr; 0 records without updating the weights
     batch_size: int | None = None
+    # > 1: round 1 records out-of-fold losses instead (stages.record_losses_cross_fitted): this many models, each
+    # pre-trained on the other folds, score the samples they never saw. Later rounds record as the paper does.
+    folds: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.folds, int) or isinstance(self.folds, bool) or self.folds < 1:
+            raise ConfigError(
+                f"record.folds must be a whole number >= 1 (1: the paper's recording), got {self.folds!r}"
+            )
         if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or (self.lr or 0) < 0:
             raise ConfigError(
                 f"record: epochs and batch_size must be >= 1 and lr >= 0, got {self.epochs}, "

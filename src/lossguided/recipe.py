@@ -92,9 +92,15 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
         start_model = model  # what round r fine-tunes from (the ensemble's extra seeds start there too)
         rec_dir, ft_dir = run.record(r), run.refine(r)
         if not _done(rec_dir):
-            log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
-            stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=run.losses(r), work_dir=rec_dir)
-            _finish(rec_dir, {"losses": f"{rec_dir.name}/{layout.LOSSES}"})
+            if r == 1 and cfg.record.folds > 1:  # out of fold: the pre-trained model has learned the wrong labels
+                log.info(
+                    "stage record1: out-of-fold losses of %d samples, %d folds", len(splits.train), cfg.record.folds
+                )
+                stages.record_losses_cross_fitted(cfg, splits, out_path=run.losses(r), work_dir=rec_dir)
+            else:
+                log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
+                stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=run.losses(r), work_dir=rec_dir)
+            _finish(rec_dir, {"losses": f"{rec_dir.name}/{layout.LOSSES}", "folds": cfg.record.folds if r == 1 else 1})
         if not (row := _done(ft_dir)):
             table = LossTable.load(run.losses(r))
             refine = cfg.refine

@@ -187,6 +187,72 @@ def record_losses(
     return _record(cfg, train_set, LossRecorder(train_set.ids), **kw)
 
 
+def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index [N] of each sample, stratified: within each class, a seeded shuffle dealt round-robin, so every
+    fold holds about 1/folds of each class (a class with fewer samples than folds is in some folds only)."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.permutation(len(labels)), labels))  # by class, shuffled within it
+    sorted_labels = labels[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_labels, sorted_labels)
+    out = np.empty(len(labels), dtype=np.int64)
+    out[order] = (rank + rng.integers(folds)) % folds
+    return out
+
+
+def record_losses_cross_fitted(
+    cfg: RecipeConfig, splits: Splits, *, out_path: str | Path, work_dir: str | Path
+) -> LossTable:
+    """Out-of-fold losses (`record.folds` = F > 1): F models pre-trained as stage 1 is, each on all folds but one,
+    and each sample's loss is that of the model that never saw it (one pass in eval mode, no updates).
+
+    Why: a model that trained on a wrong label has partly learned it. Under class-dependent noise (a shirt filed as a
+    T-shirt) the in-sample loss of the paper's recording ranks the wrong labels far worse than under symmetric noise
+    (AUROC 0.87 vs 0.99 in the benchmark), while held-out losses do not reward memorisation. The price is F - 1
+    extra pre-trainings' worth of images; F = 2 costs one. Fold models and their scores live in `work_dir/fold<f>/`
+    (each resumable); the merged table is written to `out_path`."""
+    data, folds, work_dir = splits.train, cfg.record.folds, Path(work_dir)
+    fold = fold_of(data.labels, folds, cfg.pretrain.seed)
+    score_cfg = dataclasses.replace(cfg, record=dataclasses.replace(cfg.record, epochs=1, lr=0.0))
+    parts = []
+    for f in range(folds):
+        fold_dir = work_dir / f"fold{f}"
+        fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        if len(held) == 0:
+            continue
+        log.info("record (fold %d/%d): pre-train on %d samples, score the other %d", f + 1, folds, len(fit), len(held))
+        train(cfg, Splits(data.subset(fit), splits.val, None), out_dir=fold_dir / "model", section="pretrain")
+        parts.append(
+            record_losses(
+                score_cfg,
+                data.subset(held),
+                checkpoint_path=fold_dir / "model" / "best.pt",
+                out_path=fold_dir / "held_out_losses.npz",
+                work_dir=fold_dir / "score",
+            )
+        )
+    ids = np.concatenate([t.ids for t in parts])
+    order = np.argsort(ids)
+    col = lambda name: np.concatenate([getattr(t, name) for t in parts])[order]  # noqa: E731
+    table = LossTable.from_recording(
+        data,
+        ids[order],
+        col("losses"),
+        col("n_records"),
+        col("preds"),
+        col("p_label"),
+        col("top_classes"),
+        col("top_probs"),
+    )
+    from lossguided.distributed import get_info
+    from lossguided.io import write_json
+
+    if get_info().is_main:
+        table.save(out_path)
+        sizes = [int((fold != f).sum()) for f in range(folds)]
+        write_json(work_dir / "cross_fit.json", {"folds": folds, "seed": cfg.pretrain.seed, "fit_sizes": sizes})
+    return table
+
+
 def _record_with_pred_probs(cfg: RecipeConfig, train_set: Manifest, pred_probs_path: Path, **kw) -> LossTable:
     from numpy.lib.format import open_memmap
 
