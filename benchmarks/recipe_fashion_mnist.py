@@ -406,12 +406,14 @@ def _brief(r: dict) -> str:
 
 
 # -- tables ------------------------------------------------------------------------------------------------------
+OWN_CEILING = ("rounds3", "oof")  # variants measured against themselves on the true labels (when that row exists)
 ROW_ORDER = [
     ("pretrain", "stage 1 alone (given labels, 6 epochs)"),
     ("baseline", "baseline (given labels, the recipe's budget)"),
     ("oracle_plain", "oracle, plain (stage 1 on the true labels)"),
     ("matched_oracle", "matched oracle (the recipe on the true labels)"),
     ("matched_oracle_rounds3", "matched oracle, 3 rounds (the ceiling of the third-round row)"),
+    ("matched_oracle_oof", "matched oracle, out of fold (the ceiling of the out-of-fold row)"),
     ("cleanlab", "cleanlab, strongest fair setting"),
     ("recipe_paper", "paper's rule (bands 1-5/6-10/11-15, drop 1.915)"),
     ("recipe_fixed", "recipe, fixed 1.5 nats"),
@@ -442,10 +444,13 @@ def load_rows(results: Path, setting: str) -> dict[str, list[dict]]:
     for path in sorted((results / setting).glob("*-s*.json")):
         r = json.loads(path.read_text())
         out.setdefault(r["row"], []).append(r)
-    if setting != "clean" and "recipe_rounds3" in out:  # the third-round recipe on the true labels: its ceiling
-        for path in sorted((results / "clean").glob("recipe_rounds3-s*.json")):
+    for variant in OWN_CEILING:  # the variant's recipe on the true labels: its ceiling
+        if setting == "clean" or f"recipe_{variant}" not in out:
+            continue
+        for path in sorted((results / "clean").glob(f"recipe_{variant}-s*.json")):
             r = json.loads(path.read_text())
-            out.setdefault("matched_oracle_rounds3", []).append(r | {"row": "matched_oracle_rounds3", "wall_s": None})
+            row = f"matched_oracle_{variant}"
+            out.setdefault(row, []).append(r | {"row": row, "wall_s": None})
     for r in out.get("recipe_auto", []):  # the recipe's own stage 1, before any refinement
         pre = r["stages"][0]
         n = pre.get("train_samples")
@@ -482,7 +487,7 @@ def to_markdown(results: Path, setting: str) -> str:
         better = pre if pre is not None and pre["val_mean_top1_error"] < r["val_mean_top1_error"] else r
         best[s] = better["test_mean_top1_error"]
     ceil = {s: r["test_mean_top1_error"] for s, r in test["matched_oracle"].items()}
-    ceil3 = {r["seed"]: r["test_mean_top1_error"] for r in rows.get("matched_oracle_rounds3", [])}
+    own = {v: {r["seed"]: r["test_mean_top1_error"] for r in rows.get(f"matched_oracle_{v}", [])} for v in OWN_CEILING}
     lines = [
         f"**{TITLES[setting]}**",
         "",
@@ -496,12 +501,13 @@ def to_markdown(results: Path, setting: str) -> str:
         if not rs:
             continue
         noisy = setting != "clean"
-        top = ceil3 if key in ("recipe_rounds3", "matched_oracle_rounds3") else ceil  # each against its own ceiling
+        variant = key.removeprefix("recipe_").removeprefix("matched_oracle_")
+        top = own[variant] if variant in OWN_CEILING and own[variant] else ceil  # each against its own ceiling
         g1 = _pct(_gaps(rs, budget, top)) if noisy else "-"
         g2 = _pct(_gaps(rs, best, top)) if noisy else "-"
         get = lambda k, rs=rs: [r.get(k) for r in rs]  # noqa: E731
         seen = np.mean([r["images_seen"] for r in rs if r.get("images_seen")] or [np.nan])
-        shared = ("pretrain", "matched_oracle", "matched_oracle_rounds3", "oracle_plain")
+        shared = ("pretrain", "matched_oracle", "oracle_plain", *(f"matched_oracle_{v}" for v in OWN_CEILING))
         wall = "shared" if key in shared else _minutes(get("wall_s"))
         lines.append(
             f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('val_mean_top1_error'))} "

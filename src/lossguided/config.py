@@ -133,7 +133,7 @@ class RecordConfig:
     folds: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.folds, int) or isinstance(self.folds, bool) or self.folds < 1:
+        if self.folds < 1:
             raise ConfigError(
                 f"record.folds must be a whole number >= 1 (1: the paper's recording), got {self.folds!r}"
             )

@@ -57,6 +57,7 @@ def test_a_nested_override_merges_field_by_field():
         ("pretrain.lr=.inf", "pretrain: lr must be a finite number > 0"),
         ("finetune.lr=0", "finetune: lr must be a finite number > 0"),
         ("record.lr=.nan", "record.lr must be a finite number >= 0"),
+        ("record.folds=0", "record.folds must be a whole number >= 1"),
         ("data.workers=-1", "data.workers must be >= 0"),
         ("pretrain.epoch=3", "unknown key 'pretrain.epoch' (did you mean 'epochs'?)"),
         ("pretrian.epochs=3", "unknown key 'pretrian' (did you mean 'pretrain'?)"),

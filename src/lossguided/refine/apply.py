@@ -34,24 +34,9 @@ def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
     return stats
 
 
-def select_from_table(
-    table: LossTable,
-    *,
-    bands: list[str] | tuple[str, ...],
-    drop_loss_above: float | str | None,
-    drop_quantile: float | None,
-    per_class: int | None,
-    drop_disagreeing: bool = False,
-) -> np.ndarray:
-    """Sorted ids of the union of `bands`; drop_loss_above 'auto' finds a threshold per class from the losses."""
-    return select_with_info(
-        table,
-        bands=bands,
-        drop_loss_above=drop_loss_above,
-        drop_quantile=drop_quantile,
-        per_class=per_class,
-        drop_disagreeing=drop_disagreeing,
-    )[0]
+def select_from_table(table: LossTable, **options) -> np.ndarray:
+    """Sorted ids of the union of `bands`; the options are `select_with_info`'s (one list of them, kept there)."""
+    return select_with_info(table, **options)[0]
 
 
 def select_with_info(
