@@ -18,6 +18,7 @@ from lossguided.data.loader import create_loader
 from lossguided.data.preprocessed import MemmapDataset, PreprocessedDataset, preprocess, read_preprocessed
 from lossguided.data.sources import make_dataset
 from lossguided.data.storage import Storage
+from lossguided.io import write_json
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_interrupted_preprocessing_resumes(tmp_path, photo_csv, storage):
     assert not (out / "manifest.json").exists()
     with pytest.raises(DataError, match="unfinished"):
         load_manifest(str(out))
-    with pytest.raises(DataError, match="unfinished preprocessing of other input or settings"):
+    with pytest.raises(DataError, match="unfinished write of a preprocessed dataset with other input or settings"):
         preprocess(src, out, image_size=48, storage=storage, shard_size=4, progress=False)
     (tmp_path / "img" / "5.jpg").write_bytes(good)
     summary = preprocess(src, out, image_size=32, storage=storage, shard_size=4, progress=False)
@@ -214,3 +215,29 @@ def test_cli_preprocess_then_train_and_evaluate_from_the_folder(tmp_path, image_
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--test", str(out)]) == 0
     assert set(json.loads(capsys.readouterr().out)["per_class_error"]) == {"SKU-A", "SKU-B", "SKU-C"}
+
+
+def test_a_writer_claims_only_a_new_empty_or_its_own_folder(tmp_path):
+    """The one rule both writers (preprocessed, WebDataset) resume by."""
+    from lossguided.data.encode import claim_output_folder
+
+    out, settings = tmp_path / "out", {"image_size": 32, "fingerprint": "abc"}
+    kw = {"done": out / "done.json", "plan": out / "plan.json", "what": "test output"}
+    assert claim_output_folder(out, settings, **kw) is None  # new: the plan is written
+    assert json.loads((out / "plan.json").read_text()) == settings
+    write_json(out / "plan.json", settings | {"shards": {"0": "x"}})  # the writer's progress rides along
+    assert claim_output_folder(out, settings, **kw) is None  # the same write, resumed
+    with pytest.raises(DataError, match="unfinished write of test output with other input or settings"):
+        claim_output_folder(out, settings | {"image_size": 64}, **kw)
+    write_json(out / "done.json", settings | {"summary": 1})
+    assert claim_output_folder(out, settings, **kw)["summary"] == 1
+    with pytest.raises(DataError, match="holds test output of other input or settings"):
+        claim_output_folder(out, settings | {"fingerprint": "def"}, **kw)
+    (out / "done.json").write_text("{not json")
+    with pytest.raises(DataError, match="done.json: damaged"):
+        claim_output_folder(out, settings, **kw)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not empty and not test output"):
+        claim_output_folder(other, settings, done=other / "done.json", plan=other / "plan.json", what="test output")

@@ -157,7 +157,7 @@ def test_an_interrupted_webdataset_write_resumes_with_the_missing_shards_only(tm
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
     assert sorted(first) == ["shard-000000.tar", "shard-000001.tar"] and not (out / "webdataset.json").exists()
 
-    with pytest.raises(DataError, match="partial write of other input or settings"):
+    with pytest.raises(DataError, match="unfinished write of WebDataset shards with other input or settings"):
         write_webdataset(src, out, image_size=SIZE + 1, shard_size=5, progress=False)
     victim.write_bytes(good)
     summary = write_webdataset(src, out, image_size=SIZE, shard_size=5, progress=False)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -16,8 +18,9 @@ from torch.utils.data import Dataset
 
 from lossguided.data.datasets import ArrayDataset
 from lossguided.data.decode import decode_image, verify_image
+from lossguided.data.errors import DataError
 from lossguided.data.manifest import Manifest
-from lossguided.io import atomic_path
+from lossguided.io import atomic_path, write_json
 from lossguided.layout import csv_path
 
 log = logging.getLogger("lossguided")
@@ -82,6 +85,39 @@ class Encoder(Dataset):
         img = Image.fromarray(hwc[..., 0] if hwc.shape[2] == 1 else hwc)
         img.save(buf, format="JPEG", quality=self.quality, subsampling=self.subsampling)
         return row, buf.getvalue(), None
+
+
+def claim_output_folder(out: Path, settings: dict, *, done: Path, plan: Path, what: str) -> dict | None:
+    """Where a resumable writer may write `settings`' output. Returns the finished folder's record when `done`
+    already holds these settings (nothing to do). Otherwise returns None once the folder is known to be this very
+    write: `plan` (the unfinished write's settings, plus whatever progress the writer keeps there) matches, or the
+    folder is new or empty and `plan` is written now. Anything else in the folder is an error: never overwritten,
+    never mixed with another write's output."""
+    same = lambda saved: {k: saved.get(k) for k in settings} == settings  # noqa: E731
+    if done.is_file():
+        record = _read_json(done)
+        if same(record):
+            log.info("%s: already written, nothing to do", out)
+            return record
+        raise DataError(f"{out}: holds {what} of other input or settings; remove it or use another --out")
+    if plan.is_file():
+        if not same(_read_json(plan)):
+            raise DataError(
+                f"{out}: holds an unfinished write of {what} with other input or settings; remove it or use another "
+                "--out"
+            )
+        return None
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: not empty and not {what}; choose an empty or new --out")
+    write_json(plan, settings)
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise DataError(f"{path}: damaged; remove {path.parent} and write it again") from None
 
 
 def identity(item):

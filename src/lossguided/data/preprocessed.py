@@ -44,7 +44,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lossguided.data.decode import decode_bytes, resize_uint8
-from lossguided.data.encode import BAD_LIST, Encoder, fingerprint, identity, sample_names, write_bad_list
+from lossguided.data.encode import (
+    BAD_LIST,
+    Encoder,
+    claim_output_folder,
+    fingerprint,
+    identity,
+    sample_names,
+    write_bad_list,
+)
 from lossguided.data.manifest import ClassMap, DataError, Manifest
 from lossguided.data.storage import Storage
 from lossguided.io import disk_errors, write_json, write_npz
@@ -187,27 +195,12 @@ def preprocess(
         "fingerprint": fingerprint(manifest, paths),
     }
 
-    if (out / META).is_file():
-        meta = _read_meta(out)
-        if all(meta.get(k) == v for k, v in settings.items()):
-            log.info("%s: already preprocessed, nothing to do", out)
-            return _summary(out, meta, resumed=0)
-        raise DataError(
-            f"{out}: holds a preprocessed dataset of other input or settings; remove it or use another --out"
-        )
     work = out / PARTIAL
-    plan_path = work / "plan.json"
-    if plan_path.is_file():
-        plan = json.loads(plan_path.read_text())
-        if plan != settings:
-            raise DataError(
-                f"{out}: holds an unfinished preprocessing of other input or settings; remove {work} "
-                "(or the folder) to start over, or use another --out"
-            )
-    else:
-        if out.is_dir() and any(out.iterdir()):
-            raise DataError(f"{out}: not empty and not a preprocessed folder; choose an empty or new --out")
-        write_json(plan_path, settings)
+    if (out / META).is_file():
+        _read_meta(out)  # a folder of another format or version is an error, not "other settings"
+    meta = claim_output_folder(out, settings, done=out / META, plan=work / "plan.json", what="a preprocessed dataset")
+    if meta is not None:
+        return _summary(out, meta, resumed=0)
     (work / "parts").mkdir(parents=True, exist_ok=True)
 
     n = len(manifest)

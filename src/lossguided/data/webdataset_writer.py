@@ -15,7 +15,15 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lossguided.data.encode import BAD_LIST, Encoder, fingerprint, identity, sample_names, write_bad_list
+from lossguided.data.encode import (
+    BAD_LIST,
+    Encoder,
+    claim_output_folder,
+    fingerprint,
+    identity,
+    sample_names,
+    write_bad_list,
+)
 from lossguided.data.manifest import DataError, Manifest
 from lossguided.data.webdataset import CLASSES_FILE, shard_index
 from lossguided.io import disk_errors, write_json
@@ -58,16 +66,10 @@ def write_webdataset(
         "rows": len(manifest),
         "fingerprint": fingerprint(manifest, paths),
     }
-    if (out / DONE).is_file():
-        done = json.loads((out / DONE).read_text())
-        if {k: done.get(k) for k in settings} == settings:
-            log.info("%s: already written, nothing to do", out)
-            return done["summary"]
-        raise DataError(f"{out}: holds WebDataset shards of other input or settings; remove it or use another --out")
-    finished = _finished_shards(out, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    if not finished:
-        write_json(out / PARTIAL, {**settings, "shards": {}})
+    finished_write = claim_output_folder(out, settings, done=out / DONE, plan=out / PARTIAL, what="WebDataset shards")
+    if finished_write is not None:
+        return finished_write["summary"]
+    finished = _finished_shards(out)
     names = manifest.classes.names
     write_json(out / CLASSES_FILE, list(names))
     encoder = Encoder(
@@ -152,21 +154,10 @@ def write_webdataset(
     return summary
 
 
-def _finished_shards(out: Path, settings: dict) -> dict[str, dict]:
-    """The shards an interrupted write of the same input and settings finished ({} to start afresh); a folder that
-    holds anything else is an error, never overwritten."""
-    partial = out / PARTIAL
-    if partial.is_file():
-        try:
-            saved = json.loads(partial.read_text())
-        except ValueError:
-            raise DataError(f"{partial}: damaged; remove {out} and write it again") from None
-        if {k: saved.get(k) for k in settings} != settings:
-            raise DataError(f"{out}: holds a partial write of other input or settings; remove it or use another --out")
-        return {i: shard for i, shard in saved["shards"].items() if (out / shard["file"]).is_file()}
-    if out.is_dir() and any(out.iterdir()):
-        raise DataError(f"{out}: not empty; choose an empty or new --out")
-    return {}
+def _finished_shards(out: Path) -> dict[str, dict]:
+    """The shards an interrupted write of the same input and settings finished and recorded in its plan."""
+    shards = json.loads((out / PARTIAL).read_text()).get("shards", {})
+    return {i: shard for i, shard in shards.items() if (out / shard["file"]).is_file()}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
