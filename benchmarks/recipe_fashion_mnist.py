@@ -23,6 +23,9 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
 * rounds3           - recipe auto with a third record/refine round (rounds 1-2 shared with the auto row);
 * oof               - recipe auto whose first recording is out of fold (`record.folds: 2`): two models, each
                       pre-trained on half the data, score the half they never saw;
+* lr0               - recipe auto whose second recording scores the round-1 model without updates
+                      (`record.later_rounds_lr: 0`): it trained on the selected list only;
+* heldout           - both: out-of-fold first recording, second recording without updates;
 * disagree          - recipe auto that also drops samples whose recorded prediction is another class
                       (`refine.drop_disagreeing`; each class keeps its 5 lowest losses).
 
@@ -133,8 +136,8 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
-        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree. Non-auto variants reuse the auto run's
-        pre-training."""
+        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout. Non-auto
+        variants reuse the auto run's pre-training (and what else they share with it or with oof)."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
             "fixed": {"refine.drop_loss_above": 1.5},
@@ -143,6 +146,8 @@ class Bench:
             "rounds3": {"refine.drop_loss_above": "auto", "refine.rounds": 3},
             "disagree": {"refine.drop_loss_above": "auto", "refine.drop_disagreeing": True},
             "oof": {"refine.drop_loss_above": "auto", "record.folds": 2},
+            "lr0": {"refine.drop_loss_above": "auto", "record.later_rounds_lr": 0.0},
+            "heldout": {"refine.drop_loss_above": "auto", "record.folds": 2, "record.later_rounds_lr": 0.0},
         }[variant]
 
         def run() -> dict:
@@ -157,6 +162,12 @@ class Bench:
                         _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
                 if variant == "disagree":  # the same first recording, another selection
                     _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
+                if variant in ("lr0", "heldout"):  # the same first round as auto / oof, another second recording
+                    first = "auto" if variant == "lr0" else "oof"
+                    if first != "auto":
+                        self.recipe_row(setting, seed, first)
+                    for stage in ("record1", "refine1"):
+                        _share_stage(self.dir(setting, f"recipe_{first}", seed), out, stage)
             metrics = run_recipe(cfg, out_dir=out)
             splits = stages.load_splits(cfg.data)
             final = metrics["stages"][-1]
@@ -383,8 +394,8 @@ def _recipe_images_seen(out: Path, n: int, stage_rows: list[dict]) -> int:
                 seen += sum(
                     size * _epochs_run(out / f"record{r}" / f"fold{f}" / "model") for f, size in enumerate(sizes)
                 )
-            else:
-                seen += n * _epochs_run(out / f"record{r}")
+            elif json.loads((out / f"record{r}" / "done.json").read_text()).get("trained", True):
+                seen += n * _epochs_run(out / f"record{r}")  # lr 0: an eval pass, not training
             seen += s["train_samples"] * _epochs_run(out / name)
         elif name.startswith("ensemble"):
             for seed_dir in sorted((out / "ensemble").glob("seed*")):
@@ -406,7 +417,12 @@ def _brief(r: dict) -> str:
 
 
 # -- tables ------------------------------------------------------------------------------------------------------
-OWN_CEILING = ("rounds3", "oof")  # variants measured against themselves on the true labels (when that row exists)
+OWN_CEILING = (
+    "rounds3",
+    "oof",
+    "lr0",
+    "heldout",
+)  # variants measured against themselves on the true labels (when that row exists)
 ROW_ORDER = [
     ("pretrain", "stage 1 alone (given labels, 6 epochs)"),
     ("baseline", "baseline (given labels, the recipe's budget)"),
@@ -414,12 +430,16 @@ ROW_ORDER = [
     ("matched_oracle", "matched oracle (the recipe on the true labels)"),
     ("matched_oracle_rounds3", "matched oracle, 3 rounds (the ceiling of the third-round row)"),
     ("matched_oracle_oof", "matched oracle, out of fold (the ceiling of the out-of-fold row)"),
+    ("matched_oracle_lr0", "matched oracle, second recording without updates"),
+    ("matched_oracle_heldout", "matched oracle, out of fold + second without updates"),
     ("cleanlab", "cleanlab, strongest fair setting"),
     ("recipe_paper", "paper's rule (bands 1-5/6-10/11-15, drop 1.915)"),
     ("recipe_fixed", "recipe, fixed 1.5 nats"),
     ("recipe_auto", "recipe, auto threshold"),
     ("recipe_rounds3", "recipe auto, a third round"),
     ("recipe_oof", "recipe auto, out-of-fold first recording (2 folds)"),
+    ("recipe_lr0", "recipe auto, second recording without updates"),
+    ("recipe_heldout", "recipe auto, out-of-fold first recording + second without updates"),
     ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]

@@ -131,6 +131,9 @@ class RecordConfig:
     # > 1: round 1 records out-of-fold losses instead (stages.record_losses_cross_fitted): this many models, each
     # pre-trained on the other folds, score the samples they never saw. Later rounds record as the paper does.
     folds: int = 1
+    # lr of the recordings after round 1 (None: `lr`). 0 scores the fine-tuned model as it is: it trained only on
+    # the selected list, and an epoch on all the noisy labels would teach it the wrong ones again.
+    later_rounds_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.folds < 1:
@@ -142,8 +145,10 @@ class RecordConfig:
                 f"record: epochs and batch_size must be >= 1 and lr >= 0, got {self.epochs}, "
                 f"{self.batch_size}, {self.lr}"
             )
-        if self.lr is not None and not math.isfinite(self.lr):
-            raise ConfigError(f"record.lr must be a finite number >= 0, got {self.lr}")
+        for name in ("lr", "later_rounds_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"record.{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass

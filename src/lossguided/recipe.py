@@ -98,9 +98,20 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 )
                 stages.record_losses_cross_fitted(cfg, splits, out_path=run.losses(r), work_dir=rec_dir)
             else:
-                log.info("stage record%d: losses of %d samples with %s", r, len(splits.train), model)
-                stages.record_losses(cfg, splits.train, checkpoint_path=model, out_path=run.losses(r), work_dir=rec_dir)
-            _finish(rec_dir, {"losses": f"{rec_dir.name}/{layout.LOSSES}", "folds": cfg.record.folds if r == 1 else 1})
+                rec = cfg.record
+                if r > 1 and rec.later_rounds_lr is not None:  # the fine-tuned model, not taught the noise again
+                    rec = dataclasses.replace(rec, lr=rec.later_rounds_lr)
+                log.info("stage record%d: losses of %d samples with %s (lr %s)", r, len(splits.train), model, rec.lr)
+                stages.record_losses(
+                    dataclasses.replace(cfg, record=rec),
+                    splits.train,
+                    checkpoint_path=model,
+                    out_path=run.losses(r),
+                    work_dir=rec_dir,
+                )
+            folds = cfg.record.folds if r == 1 else 1
+            lr = cfg.record.later_rounds_lr if r > 1 and cfg.record.later_rounds_lr is not None else cfg.record.lr
+            _finish(rec_dir, {"losses": f"{rec_dir.name}/{layout.LOSSES}", "folds": folds, "trained": lr != 0})
         if not (row := _done(ft_dir)):
             table = LossTable.load(run.losses(r))
             refine = cfg.refine

@@ -25,7 +25,7 @@ def test_folds_are_stratified_seeded_and_cover_every_sample():
         assert counts.max() - counts.min() <= 1, (c, counts)
 
 
-def test_the_recipe_records_each_sample_with_the_model_that_never_saw_it(tmp_path):
+def test_the_recipe_records_each_sample_with_a_model_that_never_trained_on_its_label(tmp_path):
     cfg = config.load(
         "cpu-small",
         [
@@ -35,8 +35,9 @@ def test_the_recipe_records_each_sample_with_the_model_that_never_saw_it(tmp_pat
             "data.workers=0",
             "pretrain.epochs=1",
             "finetune.epochs=1",
-            "refine.rounds=1",
+            "refine.rounds=2",
             "record.folds=2",
+            "record.later_rounds_lr=0",
         ],
     )
     out = tmp_path / "run"
@@ -62,6 +63,15 @@ def test_the_recipe_records_each_sample_with_the_model_that_never_saw_it(tmp_pat
         int((fold != 1).sum()),
     ]
     assert json.loads((out / "record1" / "done.json").read_text())["folds"] == 2
+    # round 2 scores the round-1 model as it is: no epoch on the noisy labels teaches it them again
+    assert json.loads((out / "record2" / "done.json").read_text())["trained"] is False
+    again = stages.record_losses(
+        config.merge(cfg, {"record.lr": 0.0}),
+        train,
+        checkpoint_path=out / "refine1" / "best.pt",
+        out_path=tmp_path / "again.npz",
+    )
+    np.testing.assert_allclose(LossTable.load(out / "record2" / "losses.npz").losses, again.losses, rtol=1e-5)
     # a rerun finds every stage done and changes nothing
     before = (out / "record1" / "losses.npz").read_bytes()
     run_recipe(cfg, out_dir=out)

@@ -58,6 +58,7 @@ def test_a_nested_override_merges_field_by_field():
         ("finetune.lr=0", "finetune: lr must be a finite number > 0"),
         ("record.lr=.nan", "record.lr must be a finite number >= 0"),
         ("record.folds=0", "record.folds must be a whole number >= 1"),
+        ("record.later_rounds_lr=-1", "record.later_rounds_lr must be a finite number >= 0"),
         ("data.workers=-1", "data.workers must be >= 0"),
         ("pretrain.epoch=3", "unknown key 'pretrain.epoch' (did you mean 'epochs'?)"),
         ("pretrian.epochs=3", "unknown key 'pretrian' (did you mean 'pretrain'?)"),
