@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("setting", help="benchmark setting, e.g. confusion30")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default="auto", help="whose final list to train from scratch (recipe_<variant>)")
+    p.add_argument("--own-only", action="store_true", help="only train the recipe's own list from scratch")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--work", default="runs/bench-v2")
     p.add_argument("--results", default="benchmarks/results/recipe_v2")
@@ -65,12 +66,20 @@ def main() -> None:
         ("perfect detection, from scratch", perfect, scratch, None),
         ("recipe's own list, from scratch", own, scratch, None),
     ):
-        out = bench.work / args.setting / f"diagnosis-s{args.seed}" / name.replace(" ", "_").replace(",", "")
+        if args.own_only and "perfect" in name:
+            continue
+        out = (
+            bench.work
+            / args.setting
+            / f"diagnosis-{args.variant}-s{args.seed}"
+            / name.replace(" ", "_").replace(",", "")
+        )
         sub = stages.Splits(splits.train.select_ids(ids), splits.val, None)
         stages.train(run_cfg, sub, out_dir=out, section="finetune", init_from=start)
         rows[name] = _evaluate(out / "best.pt", splits, cfg) | {"train_samples": int(len(ids))}
         logging.info("%s: %s", name, rows[name])
-    path = bench.results / args.setting / "diagnosis" / f"seed{args.seed}.json"  # not a table row
+    name = f"seed{args.seed}" if args.variant == "auto" else f"{args.variant}-seed{args.seed}"
+    path = bench.results / args.setting / "diagnosis" / f"{name}.json"  # not a table row
     write_json(path, {"setting": args.setting, "seed": args.seed, "variant": args.variant, "rows": rows})
     print(json.dumps(rows, indent=2))
 
