@@ -522,7 +522,9 @@ def to_markdown(results: Path, setting: str) -> str:
             continue
         noisy = setting != "clean"
         variant = key.removeprefix("recipe_").removeprefix("matched_oracle_")
-        top = own[variant] if variant in OWN_CEILING and own[variant] else ceil  # each against its own ceiling
+        # each against its own ceiling where that has every seed of the row, else the recipe's matched oracle
+        covered = variant in OWN_CEILING and all(r["seed"] in own[variant] for r in rs)
+        top = own[variant] if covered else ceil
         g1 = _pct(_gaps(rs, budget, top)) if noisy else "-"
         g2 = _pct(_gaps(rs, best, top)) if noisy else "-"
         get = lambda k, rs=rs: [r.get(k) for r in rs]  # noqa: E731
