@@ -26,6 +26,8 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
 * lr0               - recipe auto whose second recording scores the round-1 model without updates
                       (`record.later_rounds_lr: 0`): it trained on the selected list only;
 * heldout           - both: out-of-fold first recording, second recording without updates;
+* confident         - the recipe with confident learning's rule on its recorded probabilities instead of the loss
+                      mixture (`refine.drop_confident_other`, `drop_loss_above: null`);
 * disagree          - recipe auto that also drops samples whose recorded prediction is another class
                       (`refine.drop_disagreeing`; each class keeps its 5 lowest losses).
 
@@ -136,7 +138,7 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
-        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout. Non-auto
+        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout | confident. Non-auto
         variants reuse the auto run's pre-training (and what else they share with it or with oof)."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
@@ -148,6 +150,7 @@ class Bench:
             "oof": {"refine.drop_loss_above": "auto", "record.folds": 2},
             "lr0": {"refine.drop_loss_above": "auto", "record.later_rounds_lr": 0.0},
             "heldout": {"refine.drop_loss_above": "auto", "record.folds": 2, "record.later_rounds_lr": 0.0},
+            "confident": {"refine.drop_loss_above": None, "refine.drop_confident_other": True},
         }[variant]
 
         def run() -> dict:
@@ -160,7 +163,7 @@ class Bench:
                 if variant in ("ensemble", "rounds3"):  # the same rounds, then the extra seeds or round
                     for stage in ("record1", "refine1", "record2", "refine2"):
                         _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
-                if variant == "disagree":  # the same first recording, another selection
+                if variant in ("disagree", "confident"):  # the same first recording, another selection
                     _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
                 if variant in ("lr0", "heldout"):  # the same first round as auto / oof, another second recording
                     first = "auto" if variant == "lr0" else "oof"
@@ -440,6 +443,7 @@ ROW_ORDER = [
     ("recipe_oof", "recipe auto, out-of-fold first recording (2 folds)"),
     ("recipe_lr0", "recipe auto, second recording without updates"),
     ("recipe_heldout", "recipe auto, out-of-fold first recording + second without updates"),
+    ("recipe_confident", "recipe, dropping what is confidently another class (no loss threshold)"),
     ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]

@@ -159,6 +159,7 @@ class RefineConfig:
     drop_quantile: float | None = None
     per_class: int | None = None  # width of the median band
     drop_disagreeing: bool = False  # also drop samples the model assigns to another class (refine/threshold.py)
+    drop_confident_other: bool = False  # also drop samples confidently another class (refine/threshold.py)
 
     def __post_init__(self) -> None:
         from lossguided.refine.select import parse_band

@@ -122,6 +122,7 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 drop_quantile=refine.drop_quantile,
                 per_class=refine.per_class,
                 drop_disagreeing=refine.drop_disagreeing,
+                drop_confident_other=refine.drop_confident_other,
             )
             stats = selection_stats(table, ids) | info
             if get_info().is_main:

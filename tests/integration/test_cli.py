@@ -76,7 +76,7 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     agree = tmp_path / "agree.csv"
     argv = ["select", str(table_path), "--bands", "1-8", "--drop-loss-above", "100", "--drop-disagreeing"]
     assert main([*argv, "--out", str(agree)]) == 0
-    dropped = json.loads(capsys.readouterr().out)["dropped_disagreeing"]
+    dropped = json.loads(capsys.readouterr().out)["dropped_first"]
     assert dropped == int((table.preds != table.labels).sum() - _kept_anyway(table))
     assert len(agree.read_text().splitlines()) - 1 == 24 - dropped
 

@@ -269,3 +269,22 @@ def test_bad_arrays(arrays, message):
 def test_bad_options(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         select([1, 2], [0, 0], [0.1, 0.2], **options)
+
+
+def test_confidently_another_class_drops_the_look_alike_wrong_labels_and_keeps_hard_correct_ones():
+    """Class 0 is a head class the model is sure of (p ~ 0.9); class 1 a rare look-alike whose correct images the
+    model rates only ~0.4 (the rest on class 0). Four images labelled 1 are really class 0 (p(0) ~ 0.95)."""
+    from lossguided.refine.threshold import confident_other_mask
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 200 + [1] * 20 + [1] * 4)
+    p0 = np.concatenate([rng.uniform(0.85, 0.95, 200), rng.uniform(0.5, 0.6, 20), rng.uniform(0.93, 0.97, 4)])
+    p1 = 1 - p0
+    p_label = np.where(labels == 0, p0, p1)
+    top_classes = np.stack([np.where(p0 >= p1, 0, 1), np.where(p0 >= p1, 1, 0)], 1)
+    top_probs = np.stack([np.maximum(p0, p1), np.minimum(p0, p1)], 1)
+    losses = -np.log(p_label)
+    drop = confident_other_mask(labels, losses, p_label, top_classes, top_probs, num_classes=2, min_keep=2)
+    assert drop[-4:].all()  # the wrong labels: as sure as class 0 is of its own images
+    assert not drop[200:220].any()  # the hard, correct rare images: class 0 is less sure of them than of its own
+    assert not drop[:200].any()

@@ -15,7 +15,7 @@ from lossguided.layout import csv_path
 from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
 from lossguided.refine.select import select, union
-from lossguided.refine.threshold import agreeing_mask, estimate_drop_threshold
+from lossguided.refine.threshold import agreeing_mask, confident_other_mask, estimate_drop_threshold
 
 
 def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
@@ -47,15 +47,17 @@ def select_with_info(
     drop_quantile: float | None,
     per_class: int | None,
     drop_disagreeing: bool = False,
+    drop_confident_other: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """`select_from_table` plus how the drop threshold was found (for the stats, metrics.json and the report).
-    `drop_disagreeing` also drops samples the model assigned to another class (each class keeps its 5 lowest)."""
+    `drop_disagreeing` also drops samples the model assigned to another class, `drop_confident_other` those that
+    are confidently another class (refine/threshold.py); each class keeps its 5 lowest losses."""
     ids, labels, losses = table.ids, table.labels, table.losses
     info: dict = {"drop_loss_above": drop_loss_above}
-    if drop_disagreeing:
-        agree = agreeing_mask(labels, losses, table.preds)
-        ids, labels, losses = ids[agree], labels[agree], losses[agree]
-        info["dropped_disagreeing"] = int((~agree).sum())
+    first = dropped_first(table, drop_disagreeing=drop_disagreeing, drop_confident_other=drop_confident_other)
+    if first is not None:
+        ids, labels, losses = ids[~first], labels[~first], losses[~first]
+        info["dropped_first"] = int(first.sum())
     if drop_loss_above == "auto":
         auto = estimate_drop_threshold(labels, losses, num_classes=len(table.classes))
         keep = auto.keep_mask(labels, losses)
@@ -74,6 +76,33 @@ def select_with_info(
         per_class=per_class,
     )
     return union(chosen), info
+
+
+def dropped_first(
+    table: LossTable, *, drop_disagreeing: bool = False, drop_confident_other: bool = False
+) -> np.ndarray | None:
+    """[N] bool: the samples the prediction rules drop before any loss threshold (None when neither is on); the
+    report marks the same ones."""
+    if not (drop_disagreeing or drop_confident_other):
+        return None
+    drop = np.zeros(len(table), dtype=bool)
+    if drop_disagreeing:
+        drop |= ~agreeing_mask(table.labels, table.losses, table.preds)
+    if drop_confident_other:
+        if table.p_label is None or table.top_classes is None:
+            raise ValueError(
+                "drop_confident_other needs the recorded probabilities (p_label and top-5), which this loss table "
+                "lacks: record it again with this version"
+            )
+        drop |= confident_other_mask(
+            table.labels,
+            table.losses,
+            table.p_label,
+            table.top_classes,
+            table.top_probs,
+            num_classes=len(table.classes),
+        )
+    return drop
 
 
 def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | os.PathLike) -> dict:
@@ -106,6 +135,7 @@ def select_to_manifest(
     drop_quantile: float | None = None,
     per_class: int | None = None,
     drop_disagreeing: bool = False,
+    drop_confident_other: bool = False,
 ) -> dict:
     """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out."""
     table = LossTable.load(losses_path)
@@ -117,6 +147,7 @@ def select_to_manifest(
             drop_quantile=drop_quantile,
             per_class=per_class,
             drop_disagreeing=drop_disagreeing,
+            drop_confident_other=drop_confident_other,
         )
     except ValueError as e:
         raise DataError(f"{losses_path}: {e}") from None

@@ -230,3 +230,40 @@ def agreeing_mask(labels: np.ndarray, losses: np.ndarray, preds: np.ndarray, *, 
     starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
     keep[order[np.arange(len(order)) - starts < min_keep]] = True
     return keep
+
+
+def confident_other_mask(
+    labels: np.ndarray,
+    losses: np.ndarray,
+    p_label: np.ndarray,
+    top_classes: np.ndarray,
+    top_probs: np.ndarray,
+    *,
+    num_classes: int,
+    min_keep: int = 5,
+) -> np.ndarray:
+    """[N] bool: samples that are *confidently another class*, the confident-learning rule (Northcutt et al.) on the
+    recorded probabilities: class j's threshold is the mean p(j) over the samples labelled j, and a sample goes
+    when, among the classes whose probability reaches their own threshold (its top-5 and its label), the most
+    probable is not its label. Each class keeps its `min_keep` lowest-loss samples.
+
+    Why: a rare class that looks like a head class (a shirt beside many T-shirts) has high losses even where its
+    labels are right, so a rule over the class's own losses drops its hard, correct images. Here they stay unless
+    the other class is as sure of them as it is of its own images."""
+    labels = np.asarray(labels)
+    p_label = np.asarray(p_label, dtype=np.float64)
+    top_classes = np.asarray(top_classes)
+    top_probs = np.asarray(top_probs, dtype=np.float64)
+    counts = np.bincount(labels, minlength=num_classes)
+    mean_self = np.bincount(labels, weights=p_label, minlength=num_classes) / np.maximum(counts, 1)
+    thresholds = np.where(counts > 0, mean_self, np.inf)
+    other = (top_classes >= 0) & (top_classes != labels[:, None])
+    confident = other & (top_probs >= thresholds[top_classes.clip(0)])
+    best_other = np.where(confident, top_probs, -1.0).max(axis=1, initial=-1.0)
+    own = np.where(p_label >= thresholds[labels], p_label, -1.0)
+    drop = best_other > own
+    order = np.lexsort((np.asarray(losses, dtype=np.float64), labels))  # by class, then loss
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    drop[order[np.arange(len(order)) - starts < min_keep]] = False
+    return drop

@@ -24,7 +24,7 @@ from lossguided.data.manifest import DataError, Manifest
 from lossguided.data.sources import load_manifest, source_for
 from lossguided.io import write_text
 from lossguided.losstable import LossTable
-from lossguided.refine.threshold import agreeing_mask
+from lossguided.refine.apply import dropped_first
 from lossguided.report import figures
 from lossguided.report.images import ImageResolver
 from lossguided.report.rundir import RunFolder, read_run
@@ -369,8 +369,12 @@ def render_page(
         num_classes=len(table.classes) if table is not None else 0,
         drop_loss_above=run.refine_setting("drop_loss_above"),
         drop_quantile=run.refine_setting("drop_quantile"),
-        disagreeing=~agreeing_mask(labels, losses, table.preds)
-        if table is not None and run.refine_setting("drop_disagreeing")
+        disagreeing=dropped_first(
+            table,
+            drop_disagreeing=bool(run.refine_setting("drop_disagreeing")),
+            drop_confident_other=bool(run.refine_setting("drop_confident_other")),
+        )
+        if table is not None
         else None,
     )
     high_loss, high_why = high_loss_limit(losses, rule)
