@@ -138,8 +138,8 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
-        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout | confident. Non-auto
-        variants reuse the auto run's pre-training (and what else they share with it or with oof)."""
+        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout | confident.
+        Non-auto variants reuse the auto run's pre-training (and what else they share with it or with oof)."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
             "fixed": {"refine.drop_loss_above": 1.5},
