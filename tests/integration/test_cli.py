@@ -8,6 +8,7 @@ import pytest
 from lossguided.cli import main
 from lossguided.config import ConfigError
 from lossguided.losstable import LossTable
+from lossguided.refine.threshold import confident_other_mask
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--image-size", "16", "--batch-size", "8", "--lr", "1e-3"]
 
@@ -79,6 +80,16 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
     dropped = json.loads(capsys.readouterr().out)["dropped_first"]
     assert dropped == int((table.preds != table.labels).sum() - _kept_anyway(table))
     assert len(agree.read_text().splitlines()) - 1 == 24 - dropped
+
+    confident = tmp_path / "confident.csv"
+    argv = ["select", str(table_path), "--bands", "1-8", "--drop-loss-above", "100", "--drop-confident-other"]
+    assert main([*argv, "--out", str(confident)]) == 0
+    dropped = json.loads(capsys.readouterr().out)["dropped_first"]
+    expected = confident_other_mask(
+        table.labels, table.losses, table.p_label, table.top_classes, table.top_probs, num_classes=3, min_keep=5
+    )
+    assert dropped == int(expected.sum())
+    assert len(confident.read_text().splitlines()) - 1 == 24 - dropped
 
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--test", str(image_csv)]) == 0
     metrics = json.loads(capsys.readouterr().out)
