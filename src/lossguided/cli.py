@@ -721,7 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-confident-other",
         action="store_true",
         help="also drop samples that are confidently another class: that class's probability reaches its mean over "
-        "the samples labelled with it, and beats the label's (confident learning; each class keeps its 5 lowest)",
+        "the samples labelled with it, and beats the label's (confident learning; each class keeps its 5 lowest); "
+        "keeps hard images of rare look-alike classes: measured better on 30%% class-dependent noise, worse on val "
+        "on 20%% symmetric",
     )
     p.add_argument("--out", "--output", required=True, help="selected manifest (.csv)")
     p.set_defaults(func=cmd_select)
