@@ -19,10 +19,12 @@ from lossguided.data.datasets import BadImage, check_all, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest, check_confined
 from lossguided.data.sources import default_split_spec, load_manifest, make_dataset
 from lossguided.data.transforms import saved_normalization
+from lossguided.distributed import get_info
 from lossguided.engine import checkpoint
 from lossguided.engine.evaluate import evaluate
 from lossguided.engine.recorder import LossRecorder
 from lossguided.engine.trainer import FitResult, Trainer, seed_everything
+from lossguided.io import atomic_path, write_json
 from lossguided.losstable import LossTable
 from lossguided.models import create_model, load_model
 
@@ -243,9 +245,6 @@ def record_losses_cross_fitted(
         col("top_classes"),
         col("top_probs"),
     )
-    from lossguided.distributed import get_info
-    from lossguided.io import write_json
-
     if get_info().is_main:
         table.save(out_path)
         sizes = [int((fold != f).sum()) for f in range(folds)]
@@ -255,9 +254,6 @@ def record_losses_cross_fitted(
 
 def _record_with_pred_probs(cfg: RecipeConfig, train_set: Manifest, pred_probs_path: Path, **kw) -> LossTable:
     from numpy.lib.format import open_memmap
-
-    from lossguided.distributed import get_info
-    from lossguided.io import atomic_path
 
     n, k = len(train_set), len(train_set.classes)
     if k > PRED_PROBS_MAX_CLASSES:

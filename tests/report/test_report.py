@@ -175,7 +175,7 @@ def test_the_drop_rule_drops_disagreeing_samples_first_as_the_selection_does():
     losses = np.r_[np.linspace(0.01, 0.5, 50), np.linspace(0.01, 0.5, 50)]
     disagreeing = np.zeros(100, bool)
     disagreeing[[3, 60]] = True  # low losses, yet assigned to another class
-    rule = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None, disagreeing=disagreeing)
+    rule = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None, dropped_first=disagreeing)
     assert (losses > rule.per_sample).tolist() == disagreeing.tolist()
     without = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None)
     assert not (losses > without.per_sample).any()

@@ -70,18 +70,18 @@ def drop_rule(
     num_classes: int,
     drop_loss_above: float | str | None,
     drop_quantile: float | None,
-    disagreeing: np.ndarray | None = None,
+    dropped_first: np.ndarray | None = None,
 ) -> DropRule:
     """The selection's drop rules per sample. 'auto' takes the per-class thresholds of
     `estimate_drop_threshold(labels, losses, num_classes=K)`, and a drop quantile then applies to the losses that
     stay (as in the selection); the histogram's line for 'auto' is the median of the classes' thresholds.
-    `disagreeing` [N] bool (`refine.drop_disagreeing`): samples dropped first, whatever their loss; the fit and the
-    quantile then see the others, as in the selection."""
+    `dropped_first` [N] bool (`refine.drop_disagreeing`, `refine.drop_confident_other`; `refine.apply.dropped_first`):
+    samples dropped first, whatever their loss; the fit and the quantile then see the others, as in the selection."""
     raw, losses = losses, np.asarray(losses, dtype=np.float64)  # the fit and quantile see what the selection saw
     limit = np.full(len(losses), np.inf)
     lines: list[tuple[str, float]] = []
     per_class = None
-    stay = np.ones(len(losses), bool) if disagreeing is None else ~disagreeing
+    stay = np.ones(len(losses), bool) if dropped_first is None else ~dropped_first
     if drop_loss_above == "auto":
         if stay.any():
             from lossguided.refine.threshold import estimate_drop_threshold
@@ -106,8 +106,8 @@ def drop_rule(
             q = float(np.quantile(staying, 1.0 - drop_quantile))
             limit = np.minimum(limit, q)
             lines.append((f"drop_quantile {drop_quantile:g}", q))
-    if disagreeing is not None:
-        limit = np.where(disagreeing, -np.inf, limit)
+    if dropped_first is not None:
+        limit = np.where(dropped_first, -np.inf, limit)
     return DropRule(limit, lines, per_class)
 
 
@@ -369,7 +369,7 @@ def render_page(
         num_classes=len(table.classes) if table is not None else 0,
         drop_loss_above=run.refine_setting("drop_loss_above"),
         drop_quantile=run.refine_setting("drop_quantile"),
-        disagreeing=dropped_first(
+        dropped_first=dropped_first(
             table,
             drop_disagreeing=bool(run.refine_setting("drop_disagreeing")),
             drop_confident_other=bool(run.refine_setting("drop_confident_other")),
