@@ -29,11 +29,34 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
 * confident         - the recipe with confident learning's rule on its recorded probabilities instead of the loss
                       mixture (`refine.drop_confident_other`, `drop_loss_above: null`);
 * disagree          - recipe auto that also drops samples whose recorded prediction is another class
-                      (`refine.drop_disagreeing`; each class keeps its 5 lowest losses).
+                      (`refine.drop_disagreeing`; each class keeps its 5 lowest losses);
+* hybrid            - the per-class mixture only where a class shows two modes (its clean mode the majority),
+                      elsewhere only what is confidently another class, never the global cut
+                      (`refine.drop_loss_above: hybrid`).
 
 Every row is cached as JSON under --results (committed, so the table builds up across sessions) keyed by its
 setting, row and seed; model folders live under --work. `--plan` picks which (setting, row, seed) to compute, in
-order; `--table` prints the Markdown tables from whatever is cached.
+order; `--table` prints the Markdown tables from whatever is cached; `--summary` one line per setting.
+
+Design v3 (`--design v3`, the default; v2's rows stay readable with `--design v2`):
+* Each seed draws its own data: `data.data_seed = seed` sets the long-tailed subset, the noise draw and the splits.
+* A selection split (`fashion-mnist:select`, 300 clean images a class, held out of train and of val) is where every
+  method choice is read: cleanlab's `filter_by` (all seven of its methods), and whether a method change is adopted.
+  The val split (100 a class) only picks checkpoints and stops early. Test is read for the claim, never to choose.
+* Every row stores its final model's per-image predictions on the selection split and on test
+  (`<row>-s<seed>.preds.npz`, and each recipe stage's too), so paired differences and a paired bootstrap can be
+  computed from the committed files.
+* cleanlab's second round is out of fold: fold f's model is round 1's fold-f model (which never saw fold f)
+  fine-tuned like the recipe's round 1 on the kept samples of the other folds, then scores fold f.
+* The confusion targets (each class's look-alike) are v2's, measured from a clean model's val confusion.
+
+Decision rules, written before the v3 rows ran:
+* Claim (test, mean top-1 error, lower is better): for each seed, d = recipe - cleanlab. The recipe is ahead when
+  mean(d) <= -0.01 with d < 0 on at least 4 of 5 seeds (class-dependent noise), and not behind when mean(d) <= 0
+  (symmetric noise); gap closed = (baseline - recipe) / (baseline - matched oracle), per seed, then averaged.
+* Adoption of a method change (selection split only, never test): paired by seed against the default recipe, it
+  is adopted when the mean difference is below 0 and the paired bootstrap (over selection images, within seeds)
+  puts its 95% upper bound below 0, in the class-dependent setting, and on clean data it costs at most +0.003.
 """
 
 from __future__ import annotations
@@ -54,10 +77,11 @@ import torch
 from lossguided import config as config_mod
 from lossguided import stages
 from lossguided.config import RecipeConfig
+from lossguided.data import fashion_mnist
 from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import BatchTransform
 from lossguided.engine import checkpoint
-from lossguided.io import write_json
+from lossguided.io import atomic_path, write_json
 from lossguided.metrics import auroc
 from lossguided.models import create_model
 from lossguided.recipe import run_recipe
@@ -77,7 +101,17 @@ TITLES = {
     "sym20-noisyval": "20% symmetric noise, noisy val split",
 }
 PAPER_DROP = 9.0 * math.log(10) / math.log(50_030)
-CLEANLAB_FILTERS = ("prune_by_noise_rate", "both", "confident_learning")
+CLEANLAB_FILTERS_V2 = ("prune_by_noise_rate", "both", "confident_learning")
+CLEANLAB_FILTERS = (  # every filter_by of cleanlab.filter.find_label_issues
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+    "low_self_confidence",
+)
+SELECT_PER_CLASS = 300  # v3's selection split
 FOLDS = 5
 CAP = 1000  # the recipe's per-class cap (band 1-1000)
 
@@ -87,10 +121,14 @@ class Bench:
     recipe: str
     work: Path
     results: Path
+    design: str = "v3"
 
     # -- configs and cache -------------------------------------------------------------------------------------
     def cfg(self, setting: str, seed: int, **extra) -> RecipeConfig:
-        over = dict(SETTINGS[setting]) | {"pretrain.seed": seed, "finetune.seed": seed} | extra
+        over = dict(SETTINGS[setting]) | {"pretrain.seed": seed, "finetune.seed": seed}
+        if self.design == "v3":  # each seed its own data draw, and a selection split held out of train and val
+            over |= {"data.data_seed": seed, "data.select_per_class": SELECT_PER_CLASS}
+        over |= extra
         if over.get("data.noise_kind") == "confusion":
             over["data.noise_target"] = self.confusion_target()
         return config_mod.load(self.recipe, [f"{k}={json.dumps(v)}" for k, v in over.items()])
@@ -102,6 +140,9 @@ class Bench:
         log.info("computing %s / %s / seed %d", setting, row, seed)
         start = time.perf_counter()
         result = {"setting": setting, "row": row, "seed": seed, **fn()}
+        checkpoints = result.pop("_predict", None)
+        if self.design == "v3" and checkpoints:
+            result |= self.store_predictions(setting, seed, checkpoints, path.with_suffix(".preds.npz"))
         result["wall_s"] = round(time.perf_counter() - start, 1)
         write_json(path, result)
         log.info("done %s / %s / seed %d: %s", setting, row, seed, _brief(result))
@@ -109,6 +150,26 @@ class Bench:
 
     def dir(self, setting: str, name: str, seed: int) -> Path:
         return self.work / setting / f"{name}-s{seed}"
+
+    def selection_split(self, setting: str, seed: int):
+        return fashion_mnist.load("select", fashion_mnist.options_from(self.cfg(setting, seed).data))
+
+    def store_predictions(self, setting: str, seed: int, checkpoints: dict[str, Path], path: Path) -> dict:
+        """Per-image top-1 of each named checkpoint on the selection split and test, written beside the row (the
+        last name is the row's final model); returns the final model's selection-split error."""
+        cfg = self.cfg(setting, seed)
+        sel, test = (
+            self.selection_split(setting, seed),
+            fashion_mnist.load("test", fashion_mnist.options_from(cfg.data)),
+        )
+        arrays: dict[str, np.ndarray] = {"select_ids": sel.ids, "select_labels": sel.labels, "test_labels": test.labels}
+        for name, ckpt in checkpoints.items():
+            arrays[f"select_pred_{name}"] = predict_probs(ckpt, sel, cfg).argmax(1).astype(np.int8)
+            arrays[f"test_pred_{name}"] = predict_probs(ckpt, test, cfg).argmax(1).astype(np.int8)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays, stages=np.array(list(checkpoints)))
+        final = list(checkpoints)[-1]
+        return {"select_mean_top1_error": mean_error(sel.labels, arrays[f"select_pred_{final}"])}
 
     # -- the confusion of a clean model ------------------------------------------------------------------------
     def confusion_target(self) -> list[int]:
@@ -138,7 +199,8 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
-        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout | confident.
+        """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout | confident |
+        hybrid.
         Non-auto variants reuse the auto run's pre-training (and what else they share with it or with oof)."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
@@ -151,6 +213,7 @@ class Bench:
             "lr0": {"refine.drop_loss_above": "auto", "record.later_rounds_lr": 0.0},
             "heldout": {"refine.drop_loss_above": "auto", "record.folds": 2, "record.later_rounds_lr": 0.0},
             "confident": {"refine.drop_loss_above": None, "refine.drop_confident_other": True},
+            "hybrid": {"refine.drop_loss_above": "hybrid"},
         }[variant]
 
         def run() -> dict:
@@ -163,7 +226,7 @@ class Bench:
                 if variant in ("ensemble", "rounds3"):  # the same rounds, then the extra seeds or round
                     for stage in ("record1", "refine1", "record2", "refine2"):
                         _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
-                if variant in ("disagree", "confident"):  # the same first recording, another selection
+                if variant in ("disagree", "confident", "hybrid"):  # the same first recording, another selection
                     _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
                 if variant in ("lr0", "heldout"):  # the same first round as auto / oof, another second recording
                     first = "auto" if variant == "lr0" else "oof"
@@ -186,6 +249,7 @@ class Bench:
                 if key in last_refine:
                     row[key] = last_refine[key]
             row["min_class_selected"] = _min_class_selected(out, last_refine["name"], splits)
+            row["_predict"] = {s["name"]: out / s["checkpoint"] for s in metrics["stages"] if s.get("checkpoint")}
             return row
 
         return self.cached(setting, f"recipe_{variant}", seed, run)
@@ -215,9 +279,8 @@ class Bench:
     def matched_oracle_row(self, setting: str, seed: int) -> dict:
         def run() -> dict:
             clean = self.recipe_row("clean", seed, "auto")
-            return {
-                k: clean[k] for k in ("val_mean_top1_error", "test_mean_top1_error", "train_samples", "images_seen")
-            } | {"purity": 1.0}
+            keys = ("val_mean_top1_error", "test_mean_top1_error", "select_mean_top1_error", "train_samples")
+            return {k: clean.get(k) for k in (*keys, "images_seen")} | {"purity": 1.0}
 
         return self.cached(setting, "matched_oracle", seed, run)
 
@@ -237,6 +300,7 @@ class Bench:
                 "purity": float(1 - noisy.mean()),
                 "epochs": epochs,
                 "images_seen": n * _epochs_run(out),
+                "_predict": {"baseline": out / "best.pt"},
             }
 
         return self.cached(setting, "baseline", seed, run)
@@ -255,9 +319,14 @@ class Bench:
             probs, s = self.oof_probs(cfg, train, splits.val, work / "oof1", init_from=None, section="pretrain")
             seen += s
             filter_by = self.cleanlab_filter(setting, cfg, splits, probs, pre)
-            start, rounds = pre, []
+            start, rounds, keep = pre, [], None
             for r in (1, 2):
-                if r == 2:
+                if r == 2 and self.design == "v3":  # truly out of fold: round 1's fold models, fine-tuned on kept
+                    probs, s = self.oof_probs(
+                        cfg, train, splits.val, work / "oof2", init_from=work / "oof1", section="finetune", keep=keep
+                    )
+                    seen += s
+                elif r == 2:
                     probs, s = self.oof_probs(cfg, train, splits.val, work / "oof2", init_from=start, section="record")
                     seen += s
                 issues = find_label_issues(train.labels, probs, filter_by=filter_by)
@@ -284,38 +353,57 @@ class Bench:
                 | {"filter_by": filter_by, "rounds": rounds, "images_seen": seen}
             )
             row["min_class_selected"] = int(np.bincount(train.labels[keep], minlength=len(train.classes)).min())
+            row["_predict"] = {f"refine{r}": work / f"refine{r}" / "best.pt" for r in (1, 2)}
             return row
 
         return self.cached(setting, "cleanlab", seed, run)
 
     def cleanlab_filter(self, setting: str, cfg: RecipeConfig, splits, probs: np.ndarray, pre: Path) -> str:
-        """cleanlab's `filter_by`, chosen once per setting (seed 0) by the round-1 model's val error."""
+        """cleanlab's `filter_by`, chosen once per setting (the first seed that gets here) by the round-1 model's
+        error on the selection split (v3, all seven methods) or on val (v2, three)."""
         path = self.results / setting / "cleanlab_filter_by.json"
         if path.is_file():
             return json.loads(path.read_text())["filter_by"]
         from cleanlab.filter import find_label_issues
 
+        v3 = self.design == "v3"
+        judge = self.selection_split(setting, cfg.pretrain.seed) if v3 else splits.val
         train, val_err = splits.train, {}
-        for fb in CLEANLAB_FILTERS:
+        for fb in CLEANLAB_FILTERS if v3 else CLEANLAB_FILTERS_V2:
             keep = _cap_per_class(train.labels, probs, ~find_label_issues(train.labels, probs, filter_by=fb), CAP)
             out = self.work / setting / f"cleanlab_choose_{fb}"
             stages.train(
                 cfg, stages.Splits(train.subset(keep), splits.val, None), out_dir=out, section="finetune", init_from=pre
             )
-            val_err[fb] = stages.evaluate_checkpoint(out / "best.pt", splits.val)["mean_top1_error"]
-            log.info("cleanlab filter_by %s: val mean top-1 error %.4f (%d kept)", fb, val_err[fb], len(keep))
+            val_err[fb] = stages.evaluate_checkpoint(out / "best.pt", judge)["mean_top1_error"]
+            log.info(
+                "cleanlab filter_by %s: %s mean top-1 error %.4f (%d kept)", fb, judge.source, val_err[fb], len(keep)
+            )
         best = min(val_err, key=val_err.get)
-        write_json(path, {"filter_by": best, "val_mean_top1_error": val_err, "chosen_with_seed": cfg.pretrain.seed})
+        key = "select_mean_top1_error" if v3 else "val_mean_top1_error"
+        write_json(path, {"filter_by": best, key: val_err, "chosen_with_seed": cfg.pretrain.seed})
         return best
 
     def oof_probs(
-        self, cfg: RecipeConfig, train, val, work: Path, *, init_from: Path | None, section: str
+        self,
+        cfg: RecipeConfig,
+        train,
+        val,
+        work: Path,
+        *,
+        init_from: Path | None,
+        section: str,
+        keep: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int]:
         """Out-of-fold softmax [N, K] from 5 stratified folds: each fold's model trains on the other four (from
-        scratch at the pre-training settings, or one recording-style epoch from `init_from`)."""
+        scratch at the pre-training settings, or one recording-style epoch from `init_from`). With section
+        "finetune", `init_from` is a folder of fold models (`fold<f>/best.pt`, trained without fold f) and each is
+        fine-tuned on the `keep` indices outside its fold, so no model has seen the samples it scores."""
         from sklearn.model_selection import StratifiedKFold
 
         path = work / "probs.npy"
+        if path.is_file() and (work / "seen.json").is_file():
+            return np.load(path), json.loads((work / "seen.json").read_text())["seen"]
         folds = StratifiedKFold(FOLDS, shuffle=True, random_state=cfg.pretrain.seed)
         if section == "record":  # the recipe's recording pass: one epoch at the pre-training lr, no flips/smoothing
             tcfg = dataclasses.replace(cfg.pretrain, epochs=cfg.record.epochs, flip=False, smoothing=0.0)
@@ -324,10 +412,18 @@ class Bench:
         seen = 0
         for f, (fit, held) in enumerate(folds.split(np.zeros(len(train)), train.labels)):
             out = work / f"fold{f}"
-            stages.train(cfg, stages.Splits(train.subset(fit), val, None), out_dir=out, init_from=init_from)
+            if section == "finetune":
+                fit = np.intersect1d(fit, keep)
+                start = init_from / f"fold{f}" / "best.pt"
+                stages.train(
+                    cfg, stages.Splits(train.subset(fit), val, None), out_dir=out, section="finetune", init_from=start
+                )
+            else:
+                stages.train(cfg, stages.Splits(train.subset(fit), val, None), out_dir=out, init_from=init_from)
             probs[held] = predict_probs(out / "best.pt", train.subset(held), cfg)
             seen += len(fit) * _epochs_run(out)
         np.save(path, probs)
+        write_json(work / "seen.json", {"seen": seen})
         return probs, seen
 
 
@@ -346,6 +442,15 @@ def predict_probs(ckpt: Path, manifest, cfg: RecipeConfig) -> np.ndarray:
         images, _, _ = ds.__getitems__(list(range(s, min(s + 512, len(ds)))))
         out.append(torch.softmax(model(t(images)), 1))
     return torch.cat(out).numpy()
+
+
+def mean_error(labels: np.ndarray, preds: np.ndarray) -> float:
+    """AliProducts' mean top-1 error: each class's error, averaged over the classes present."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k)
+    wrong = np.bincount(labels, weights=labels != preds, minlength=k)
+    return float((wrong[counts > 0] / counts[counts > 0]).mean())
 
 
 def _cap_per_class(labels: np.ndarray, probs: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
@@ -445,6 +550,7 @@ ROW_ORDER = [
     ("recipe_heldout", "recipe auto, out-of-fold first recording + second without updates"),
     ("recipe_confident", "recipe, dropping what is confidently another class (no loss threshold)"),
     ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
+    ("recipe_hybrid", "recipe, hybrid rule (own mixture where two modes, else confidently another class)"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]
 
@@ -544,6 +650,41 @@ def to_markdown(results: Path, setting: str) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_ROW = "recipe_auto"  # the row of the shipped default recipe (cpu-small)
+
+
+def summary_line(results: Path, setting: str) -> str:
+    """`setting=... classes=...` with the claim rows' test means and the recipe-minus-cleanlab pairs by seed."""
+    rows = load_rows(results, setting)
+    by_seed = {name: {r["seed"]: r for r in rows.get(name, [])} for name in rows}
+    get = lambda name: by_seed.get(name, {})  # noqa: E731
+    recipe, cleanlab = get(DEFAULT_ROW), get("cleanlab")
+    base, ceil = get("baseline"), get("matched_oracle")
+
+    def mean(rs: dict, key: str = "test_mean_top1_error") -> str:
+        v = [r[key] for r in rs.values() if r.get(key) is not None]
+        return f"{np.mean(v):.4f}" if v else "-"
+
+    pairs = [recipe[s]["test_mean_top1_error"] - cleanlab[s]["test_mean_top1_error"] for s in recipe if s in cleanlab]
+    gaps = []
+    if setting != "clean":
+        b = {s: r["test_mean_top1_error"] for s, r in base.items()}
+        c = {s: r["test_mean_top1_error"] for s, r in ceil.items()}
+        gaps = _gaps(list(recipe.values()), b, c)
+    seen = {
+        n: [r["images_seen"] for r in rs.values() if r.get("images_seen")] for n, rs in (("r", recipe), ("c", cleanlab))
+    }
+    ratio = f"{np.mean(seen['r']) / np.mean(seen['c']):.3f}" if seen["r"] and seen["c"] else "-"
+    classes = 10
+    return (
+        f"setting={setting} classes={classes} seeds={len(recipe)} recipe={mean(recipe)} cleanlab={mean(cleanlab)} "
+        f"oracle={mean(ceil)} baseline={mean(base)} "
+        f"paired_vs_cleanlab={f'{np.mean(pairs):+.4f}' if pairs else '-'} "
+        f"paired_worst={f'{max(pairs):+.4f}' if pairs else '-'} "
+        f"gap_closed={f'{np.mean(gaps):.3f}' if gaps else '-'} images_ratio={ratio}"
+    )
+
+
 # -- main --------------------------------------------------------------------------------------------------------
 def run_plan(bench: Bench, plan: list[str]) -> None:
     """Items `setting:row:seed`, rows: baseline, oracle_plain, matched_oracle, cleanlab, recipe_<variant>."""
@@ -577,13 +718,29 @@ DEFAULT_PLAN = [
     "sym20-noisyval:recipe_fixed:0",
 ]
 
+# v3: the claim rows first (default recipe, cleanlab, matched oracle, budget baseline), seed by seed
+CLAIM_ROWS = ("recipe_auto", "cleanlab", "matched_oracle", "baseline")
+DEFAULT_PLAN_V3 = [
+    *[f"confusion30:{r}:{seed}" for seed in range(5) for r in CLAIM_ROWS],
+    *[
+        f"{s}:{r}:{seed}"
+        for seed in range(3)
+        for s in ("sym20", "clean")
+        for r in CLAIM_ROWS
+        if s == "sym20" or r in ("recipe_auto", "baseline")
+    ],
+]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="cpu-small", help="recipe name or YAML")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 per process when running several)")
-    p.add_argument("--work", default="runs/bench-v2", help="model folders (large, not committed)")
-    p.add_argument("--results", default="benchmarks/results/recipe_v2", help="row JSONs (small, committed)")
+    p.add_argument("--design", choices=("v3", "v2"), default="v3", help="benchmark design (see above)")
+    p.add_argument("--work", default=None, help="model folders (large, not committed; default runs/bench-<design>)")
+    p.add_argument(
+        "--results", default=None, help="row JSONs (small, committed; default benchmarks/results/recipe_<design>)"
+    )
     p.add_argument(
         "--plan",
         nargs="*",
@@ -591,13 +748,22 @@ def main() -> None:
         help="setting:row:seed items (default: the whole table, the rows that carry the claim first)",
     )
     p.add_argument("--table", action="store_true", help="only print the tables from the cached rows")
+    p.add_argument("--summary", action="store_true", help="only print one paired summary line per setting")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = Bench(args.recipe, Path(args.work), Path(args.results))
+    work = Path(args.work or f"runs/bench-{args.design}")
+    bench = Bench(args.recipe, work, Path(args.results or f"benchmarks/results/recipe_{args.design}"), args.design)
+    if args.summary:
+        for setting in SETTINGS:
+            if (bench.results / setting).is_dir():
+                print(summary_line(bench.results, setting))
+        return
     if not args.table:
-        run_plan(bench, args.plan if args.plan is not None else DEFAULT_PLAN)
+        run_plan(
+            bench, args.plan if args.plan is not None else (DEFAULT_PLAN_V3 if args.design == "v3" else DEFAULT_PLAN)
+        )
     for setting in SETTINGS:
         table = to_markdown(bench.results, setting)
         if table:

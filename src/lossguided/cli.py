@@ -707,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_threshold_arg,
         default=9.0,
         help="nats (paper: 9), or 'auto': a threshold per class from a two-component mixture of the "
-        "losses, no true labels needed",
+        "losses, no true labels needed, or 'hybrid': that mixture only in classes whose losses show two modes, and "
+        "elsewhere only what is confidently another class (needs the recorded top-5)",
     )
     p.add_argument("--drop-quantile", type=float, help="also drop this top share by loss, e.g. 0.03 (default: none)")
     p.add_argument("--per-class", type=int, help="width of the median band (default: 5)")
@@ -825,12 +826,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _threshold_arg(text: str) -> float | str:
-    if text == "auto":
+    if text in ("auto", "hybrid"):
         return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'hybrid', got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ class DataConfig:
     noisy_val: bool = False  # the val split carries the same kind of noise (what most users have)
     data_seed: int = 0
     val_per_class: int = 100
+    select_per_class: int = 0  # a second clean hold-out (the `select` split) where benchmarks read method choices
     train_limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -155,7 +156,7 @@ class RecordConfig:
 class RefineConfig:
     rounds: int = 2  # refine + fine-tune this many times (Table 2: "refinement again")
     bands: list[str] = field(default_factory=lambda: ["1-5"])  # united into one training list
-    drop_loss_above: float | str | None = 9.0  # nats; 'auto': per class, from the losses (refine/threshold.py)
+    drop_loss_above: float | str | None = 9.0  # nats; 'auto' / 'hybrid': per class, from the losses (refine/)
     drop_quantile: float | None = None
     per_class: int | None = None  # width of the median band
     drop_disagreeing: bool = False  # also drop samples the model assigns to another class (refine/threshold.py)
@@ -175,8 +176,15 @@ class RefineConfig:
                 parse_band(band)
             except ValueError as e:
                 raise ConfigError(f"refine.bands: {e}") from None
-        if isinstance(self.drop_loss_above, str) and self.drop_loss_above != "auto":
-            raise ConfigError(f"refine.drop_loss_above must be a number, 'auto' or null, got {self.drop_loss_above!r}")
+        if isinstance(self.drop_loss_above, str) and self.drop_loss_above not in ("auto", "hybrid"):
+            raise ConfigError(
+                f"refine.drop_loss_above must be a number, 'auto', 'hybrid' or null, got {self.drop_loss_above!r}"
+            )
+        if not isinstance(self.drop_loss_above, str | None) and self.drop_loss_above < 0:
+            raise ConfigError(
+                f"refine.drop_loss_above must be >= 0 (losses are >= 0: it would drop every sample), "
+                f"got {self.drop_loss_above}"
+            )
         if self.drop_quantile is not None and not 0 <= self.drop_quantile <= 1:
             raise ConfigError(f"refine.drop_quantile must be in [0, 1], got {self.drop_quantile}")
         if self.per_class is not None and self.per_class < 1:

@@ -169,13 +169,16 @@ def test_page_text_is_escaped_by_the_template(fake_run, tmp_path):
 
 
 def test_the_drop_rule_drops_disagreeing_samples_first_as_the_selection_does():
-    from lossguided.report.html import drop_rule
+    from lossguided.data.manifest import ClassMap
+    from lossguided.losstable import LossTable
+    from lossguided.refine.apply import drop_decision
 
     labels = np.repeat([0, 1], 50)
     losses = np.r_[np.linspace(0.01, 0.5, 50), np.linspace(0.01, 0.5, 50)]
-    disagreeing = np.zeros(100, bool)
-    disagreeing[[3, 60]] = True  # low losses, yet assigned to another class
-    rule = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None, dropped_first=disagreeing)
-    assert (losses > rule.per_sample).tolist() == disagreeing.tolist()
-    without = drop_rule(labels, losses, num_classes=2, drop_loss_above=1.0, drop_quantile=None)
-    assert not (losses > without.per_sample).any()
+    preds = labels.copy()
+    preds[[8, 60]] = 1 - labels[[8, 60]]  # low losses (not among the 5 lowest), yet assigned to another class
+    table = LossTable(np.arange(100), labels, losses, np.ones(100), preds, ["x"] * 100, ClassMap(("a", "b")))
+    rule = drop_decision(table, drop_loss_above=1.0, drop_disagreeing=True)
+    assert np.flatnonzero(losses > rule.limit).tolist() == [8, 60] == np.flatnonzero(rule.dropped).tolist()
+    without = drop_decision(table, drop_loss_above=1.0)
+    assert not (losses > without.limit).any()

@@ -2,7 +2,9 @@
 made long-tailed and noisy by our own seeded code, with the true labels kept for scoring.
 
 Splits: `train` (long-tailed, noisy), `val` (a clean, balanced hold-out of the original training images, never in
-`train`), `test` (the original 10,000 test images, clean). Ids: original train index; test ids start at 60,000.
+`train`), `select` (a second clean, balanced hold-out, `select_per_class` a class, never in `train` or `val`: where a
+benchmark reads its method choices, apart from the split that picks checkpoints), `test` (the original 10,000 test
+images, clean). Ids: original train index; test ids start at 60,000.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 TEST_ID_OFFSET = 60_000
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "select", "test")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class FashionMnistOptions:
     noise_kind: str = "symmetric"
     seed: int = 0
     val_per_class: int = 100
+    select_per_class: int = 0  # a second clean hold-out for method choices (benchmarks); 0: none
     train_limit: int | None = None  # keep only this many training samples (tests, quick runs)
     noise_target: tuple[int, ...] | None = None  # confusion noise: class c -> noise_target[c]
     noisy_val: bool = False  # val carries the same noise as train (a user's val usually does)
@@ -114,11 +117,20 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
         )
     images, labels = _load_raw(data_dir, "train")
     rng = np.random.default_rng(options.seed)
-    val_idx = np.sort(
-        np.concatenate(
-            [rng.permutation(np.flatnonzero(labels == c))[: options.val_per_class] for c in range(len(classes))]
+    perms = [rng.permutation(np.flatnonzero(labels == c)) for c in range(len(classes))]
+    n_val, n_sel = options.val_per_class, options.select_per_class
+    val_idx = np.sort(np.concatenate([p[:n_val] for p in perms]))
+    select_idx = np.sort(np.concatenate([p[n_val : n_val + n_sel] for p in perms]))
+    if split == "select":
+        true = labels[select_idx]
+        return Manifest(
+            ids=select_idx,
+            labels=true,
+            classes=classes,
+            source=NAME + ":select",
+            storage=Storage.arrays(images[select_idx]),
+            true_labels=true,
         )
-    )
     if split == "val":
         true = labels[val_idx]
         given = _noisy(true, options, seed=options.seed + 4) if options.noisy_val else true
@@ -130,7 +142,7 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
             storage=Storage.arrays(images[val_idx]),
             true_labels=true,
         )
-    pool = np.setdiff1d(np.arange(len(labels)), val_idx)
+    pool = np.setdiff1d(np.arange(len(labels)), np.concatenate([val_idx, select_idx]))
     keep = pool[long_tail_subset(labels[pool], imbalance_ratio=options.imbalance_ratio, seed=options.seed + 1)]
     if options.train_limit is not None and options.train_limit < len(keep):
         keep = np.sort(np.random.default_rng(options.seed + 3).choice(keep, options.train_limit, replace=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,102 @@ def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
     return stats
 
 
+DROP_RULES = ("auto", "hybrid")  # the named values of drop_loss_above besides a number or None
+
+
+@dataclass(frozen=True)
+class DropDecision:
+    """What the drop rules decided for every sample of one loss table, before ranking. It is computed once, by
+    `drop_decision`, and read by the selection, the recipe and the report alike, so none re-derives a threshold.
+
+    dropped [N] bool; limit [N] float64, the loss above which the sample goes (-inf: dropped by a prediction rule
+    whatever its loss, +inf: no loss rule applies); lines: (name, nats) a histogram draws; per_class [K] (auto,
+    hybrid) or None; info: the JSON-ready record (metrics.json, the stats file)."""
+
+    dropped: np.ndarray
+    limit: np.ndarray
+    lines: list[tuple[str, float]]
+    per_class: np.ndarray | None
+    info: dict
+
+    @property
+    def any(self) -> bool:
+        """Whether the config has any drop rule at all (else the report falls back to a quantile)."""
+        return bool(self.lines) or self.per_class is not None or bool(self.info.get("dropped_first"))
+
+
+def drop_decision(
+    table: LossTable,
+    *,
+    drop_loss_above: float | str | None,
+    drop_quantile: float | None = None,
+    drop_disagreeing: bool = False,
+    drop_confident_other: bool = False,
+) -> DropDecision:
+    """Apply the drop rules in their one order: the prediction rules first (`dropped_first`), then the loss rule on
+    the rest (a number, 'auto' or 'hybrid'), then `drop_quantile`: the (1 - q) quantile of the losses the
+    per-class rule left, or beside a fixed number of all the losses the prediction rules left.
+
+    'hybrid': a class whose own losses show two modes is cut by its own mixture; every other class loses only what
+    is confidently another class (never the global cut, which guts a clean class that is merely hard)."""
+    losses = np.asarray(table.losses, dtype=np.float64)
+    n, k = len(table), len(table.classes)
+    limit = np.full(n, np.inf)
+    lines: list[tuple[str, float]] = []
+    per_class = None
+    info: dict = {"drop_loss_above": drop_loss_above}
+    first = dropped_first(table, drop_disagreeing=drop_disagreeing, drop_confident_other=drop_confident_other)
+    stay = np.ones(n, dtype=bool) if first is None else ~first
+    if first is not None:
+        info["dropped_first"] = int(first.sum())
+    if drop_loss_above in DROP_RULES:
+        labels = table.labels
+        hybrid = drop_loss_above == "hybrid"
+        auto = estimate_drop_threshold(
+            labels[stay],
+            losses[stay],
+            num_classes=k,
+            **({"fallback": "none", "min_clean_share": 0.5} if hybrid else {}),
+        )
+        per_class = auto.per_class
+        limit = per_class[labels].astype(np.float64)
+        info |= auto.summary()
+        finite = per_class[np.isfinite(per_class)]
+        if finite.size:
+            lines.append((f"{drop_loss_above}: median of per-class thresholds", float(np.median(finite))))
+        if hybrid:
+            confident = _confident_other(table)
+            unimodal = ~auto.fitted_alone[labels]
+            limit = np.where(unimodal & confident, -np.inf, limit)
+            info["dropped_confident_other_unimodal"] = int((unimodal & confident & stay).sum())
+            info["drop_threshold_method"] = (
+                "hybrid: " + auto.method + "; classes without their own fit drop what is confidently another class"
+            )
+    elif isinstance(drop_loss_above, str):
+        raise ValueError(f"drop_loss_above must be a number, one of {DROP_RULES} or None, got {drop_loss_above!r}")
+    elif drop_loss_above is not None:
+        if isinstance(drop_loss_above, bool) or not isinstance(drop_loss_above, int | float | np.number):
+            raise ValueError(f"drop_loss_above must be a number, one of {DROP_RULES} or None, got {drop_loss_above!r}")
+        if np.isnan(drop_loss_above):
+            raise ValueError("drop_loss_above must be a number (losses above it are dropped) or None, got nan")
+        limit[:] = float(drop_loss_above)
+        lines.append(("drop_loss_above", float(drop_loss_above)))
+    if drop_quantile is not None and not 0 <= drop_quantile < 1:
+        raise ValueError(
+            f"drop_quantile must be in [0, 1) (the top share by loss to drop) or None, got {drop_quantile!r}"
+        )
+    if drop_quantile:  # over what reaches the quantile: after a per-class rule, or every loss beside a fixed one
+        staying = losses[stay & (losses <= limit)] if per_class is not None else losses[stay]
+        if staying.size:
+            q = float(np.quantile(staying, 1.0 - drop_quantile))
+            limit = np.minimum(limit, q)
+            lines.append((f"drop_quantile {drop_quantile:g}", q))
+    limit = np.where(stay, limit, -np.inf)
+    dropped = losses > limit
+    info["dropped_by_rules"] = int(dropped.sum())
+    return DropDecision(dropped, limit, lines, per_class, info)
+
+
 def select_from_table(table: LossTable, **options) -> np.ndarray:
     """Sorted ids of the union of `bands`; the options are `select_with_info`'s (one list of them, kept there)."""
     return select_with_info(table, **options)[0]
@@ -49,59 +146,57 @@ def select_with_info(
     drop_disagreeing: bool = False,
     drop_confident_other: bool = False,
 ) -> tuple[np.ndarray, dict]:
-    """`select_from_table` plus how the drop threshold was found (for the stats, metrics.json and the report).
-    `drop_disagreeing` also drops samples the model assigned to another class, `drop_confident_other` those that
-    are confidently another class (refine/threshold.py); each class keeps its 5 lowest losses."""
-    ids, labels, losses = table.ids, table.labels, table.losses
-    info: dict = {"drop_loss_above": drop_loss_above}
-    first = dropped_first(table, drop_disagreeing=drop_disagreeing, drop_confident_other=drop_confident_other)
-    if first is not None:
-        ids, labels, losses = ids[~first], labels[~first], losses[~first]
-        info["dropped_first"] = int(first.sum())
-    if drop_loss_above == "auto":
-        auto = estimate_drop_threshold(labels, losses, num_classes=len(table.classes))
-        keep = auto.keep_mask(labels, losses)
-        ids, labels, losses = ids[keep], labels[keep], losses[keep]
-        info |= auto.summary()
-        drop_loss_above = None
-    elif isinstance(drop_loss_above, str):
-        raise ValueError(f"drop_loss_above must be a number, 'auto' or None, got {drop_loss_above!r}")
-    chosen = select(
-        ids,
-        labels,
-        losses,
-        bands=tuple(bands),
+    """`select_from_table` plus the drop decision's record (for the stats, metrics.json and the report): the drop
+    rules of `drop_decision`, then the rank bands of `refine.select.select` over what stays. Raises ValueError
+    when nothing would be selected, naming the rule that dropped everything."""
+    decision = drop_decision(
+        table,
         drop_loss_above=drop_loss_above,
         drop_quantile=drop_quantile,
+        drop_disagreeing=drop_disagreeing,
+        drop_confident_other=drop_confident_other,
+    )
+    keep = ~decision.dropped
+    chosen = select(
+        table.ids[keep],
+        table.labels[keep],
+        table.losses[keep],
+        bands=tuple(bands),
+        drop_loss_above=None,
         per_class=per_class,
     )
-    return union(chosen), info
+    ids = union(chosen)
+    if len(table) and not len(ids):
+        raise ValueError(
+            f"the selection is empty: the drop rules removed all {len(table):,} samples "
+            f"(drop_loss_above={drop_loss_above!r}, drop_quantile={drop_quantile!r}; the lowest loss is "
+            f"{float(np.min(table.losses)):.4g})"
+        )
+    return ids, decision.info
+
+
+def _confident_other(table: LossTable) -> np.ndarray:
+    if table.p_label is None or table.top_classes is None:
+        raise ValueError(
+            "this rule needs the recorded probabilities (p_label and top-5), which this loss table lacks: record it "
+            "again with this version"
+        )
+    return confident_other_mask(
+        table.labels, table.losses, table.p_label, table.top_classes, table.top_probs, num_classes=len(table.classes)
+    )
 
 
 def dropped_first(
     table: LossTable, *, drop_disagreeing: bool = False, drop_confident_other: bool = False
 ) -> np.ndarray | None:
-    """[N] bool: the samples the prediction rules drop before any loss threshold (None when neither is on); the
-    report marks the same ones."""
+    """[N] bool: the samples the prediction rules drop before any loss threshold (None when neither is on)."""
     if not (drop_disagreeing or drop_confident_other):
         return None
     drop = np.zeros(len(table), dtype=bool)
     if drop_disagreeing:
         drop |= ~agreeing_mask(table.labels, table.losses, table.preds)
     if drop_confident_other:
-        if table.p_label is None or table.top_classes is None:
-            raise ValueError(
-                "drop_confident_other needs the recorded probabilities (p_label and top-5), which this loss table "
-                "lacks: record it again with this version"
-            )
-        drop |= confident_other_mask(
-            table.labels,
-            table.losses,
-            table.p_label,
-            table.top_classes,
-            table.top_probs,
-            num_classes=len(table.classes),
-        )
+        drop |= _confident_other(table)
     return drop
 
 

@@ -99,6 +99,8 @@ def union(selected: Mapping[str, np.ndarray] | Iterable[np.ndarray]) -> np.ndarr
     if not arrays:
         return np.empty(0, dtype=np.int64)
     ordered = np.sort(np.concatenate([np.asarray(a) for a in arrays]))
+    if ordered.size == 0:
+        return ordered
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 

@@ -68,14 +68,22 @@ def estimate_drop_threshold(
     min_separation: float = 2.0,
     min_keep: int = 5,
     min_threshold: float = float(np.log(2.0)),
+    fallback: str = "global",
+    min_clean_share: float = 0.0,
 ) -> AutoThreshold:
     """Per-class loss thresholds from a two-component mixture of log-losses, with a global fallback.
 
     labels [N] int (given labels), losses [N] finite >= 0 (average recorded losses). min_fit: fewest samples a class
     needs for its own fit; min_separation: Ashman's D a fit needs to count as two modes; min_keep: each class keeps
     at least this many of its lowest-loss samples; min_threshold: no class drops a loss at or below it (ln 2: the
-    model rates the given label >= 50%).
+    model rates the given label >= 50%). fallback: what a class without its own two-mode fit gets, "global" (the
+    global fit's threshold) or "none" (+inf: the mixture drops nothing there; the hybrid rule decides instead).
+    min_clean_share: a class's own fit counts only when its low-loss component holds at least this share (the
+    hybrid rule: 0.5, since EM can split one mode into a sliver and the rest, whose cut then drops almost the whole
+    class; a class whose right labels are the minority cannot be told from a hard class by its losses anyway).
     """
+    if fallback not in ("global", "none"):
+        raise ValueError(f"fallback must be 'global' or 'none', got {fallback!r}")
     labels = np.asarray(labels)
     losses = np.asarray(losses, dtype=np.float64)
     if labels.ndim != 1 or labels.shape != losses.shape or labels.dtype.kind not in "iu":
@@ -96,8 +104,8 @@ def estimate_drop_threshold(
     global_t = float(_threshold(glob)[0]) if _separated(glob, min_separation)[0] else np.inf
     counts = np.bincount(labels, minlength=k)
     per = _fit(x, labels, k, init=glob)
-    own = _separated(per, min_separation) & (counts >= min_fit)
-    thresholds = np.where(own, _threshold(per), global_t)
+    own = _separated(per, min_separation) & (counts >= min_fit) & (per.weight[:, 0] >= min_clean_share)
+    thresholds = np.where(own, _threshold(per), global_t if fallback == "global" else np.inf)
     thresholds = np.maximum(np.exp(thresholds), min_threshold)  # back to nats; exp(inf) = inf
     thresholds = np.maximum(thresholds, _kth_smallest(losses, labels, k, min_keep))
     dropped = np.bincount(labels, weights=losses > thresholds[labels], minlength=k)
@@ -109,7 +117,8 @@ def estimate_drop_threshold(
         noise_rate_per_class=rate_c,
         fitted_alone=own,
         method=f"per-class 2-component mixture of log-losses (classes >= {min_fit} samples, D >= {min_separation}), "
-        f"else the global fit; never below {min_threshold:.3g} nats; each class keeps >= {min_keep}",
+        f"else {'the global fit' if fallback == 'global' else 'no loss threshold'}; "
+        f"never below {min_threshold:.3g} nats; each class keeps >= {min_keep}",
     )
 
 

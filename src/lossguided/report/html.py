@@ -20,11 +20,11 @@ import jinja2
 import markupsafe
 import numpy as np
 
-from lossguided.data.manifest import DataError, Manifest
+from lossguided.data.manifest import ClassMap, DataError, Manifest
 from lossguided.data.sources import load_manifest, source_for
 from lossguided.io import write_text
 from lossguided.losstable import LossTable
-from lossguided.refine.apply import dropped_first
+from lossguided.refine.apply import DropDecision, drop_decision
 from lossguided.report import figures
 from lossguided.report.images import ImageResolver
 from lossguided.report.rundir import RunFolder, read_run
@@ -49,73 +49,11 @@ class ReportOptions:
 
 
 # -- pure parts -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DropRule:
-    """The run's drop rule on one loss table: above `per_sample` [N] (float64, +inf: never dropped) a sample is
-    dropped before ranking, as `refine.apply.select_with_info` does; `lines` are what the histogram draws."""
-
-    per_sample: np.ndarray
-    lines: list[tuple[str, float]]
-    per_class: np.ndarray | None = None  # [K] for 'auto' (+inf: the class keeps everything)
-
-    @property
-    def any(self) -> bool:
-        return bool(self.lines) or self.per_class is not None
-
-
-def drop_rule(
-    labels: np.ndarray,
-    losses: np.ndarray,
-    *,
-    num_classes: int,
-    drop_loss_above: float | str | None,
-    drop_quantile: float | None,
-    dropped_first: np.ndarray | None = None,
-) -> DropRule:
-    """The selection's drop rules per sample. 'auto' takes the per-class thresholds of
-    `estimate_drop_threshold(labels, losses, num_classes=K)`, and a drop quantile then applies to the losses that
-    stay (as in the selection); the histogram's line for 'auto' is the median of the classes' thresholds.
-    `dropped_first` [N] bool (`refine.drop_disagreeing`, `refine.drop_confident_other`; `refine.apply.dropped_first`):
-    samples dropped first, whatever their loss; the fit and the quantile then see the others, as in the selection."""
-    raw, losses = losses, np.asarray(losses, dtype=np.float64)  # the fit and quantile see what the selection saw
-    limit = np.full(len(losses), np.inf)
-    lines: list[tuple[str, float]] = []
-    per_class = None
-    stay = np.ones(len(losses), bool) if dropped_first is None else ~dropped_first
-    if drop_loss_above == "auto":
-        if stay.any():
-            from lossguided.refine.threshold import estimate_drop_threshold
-
-            auto = estimate_drop_threshold(labels[stay], raw[stay], num_classes=num_classes)
-            per_class = auto.per_class
-            limit = per_class[labels].astype(np.float64)
-            finite = per_class[np.isfinite(per_class)]
-            if finite.size:
-                lines.append(
-                    (
-                        f"auto: median of per-class thresholds (est. noise {auto.noise_rate:.1%})",
-                        float(np.median(finite)),
-                    )
-                )
-    elif drop_loss_above is not None:
-        limit[:] = float(drop_loss_above)
-        lines.append(("drop_loss_above", float(drop_loss_above)))
-    if drop_quantile and len(losses):
-        staying = raw[stay & (losses <= limit)]
-        if staying.size:
-            q = float(np.quantile(staying, 1.0 - drop_quantile))
-            limit = np.minimum(limit, q)
-            lines.append((f"drop_quantile {drop_quantile:g}", q))
-    if dropped_first is not None:
-        limit = np.where(dropped_first, -np.inf, limit)
-    return DropRule(limit, lines, per_class)
-
-
-def high_loss_limit(losses: np.ndarray, rule: DropRule) -> tuple[np.ndarray, str]:
+def high_loss_limit(losses: np.ndarray, rule: DropDecision) -> tuple[np.ndarray, str]:
     """[N] the loss above which each sample counts as high-loss (a suspected wrong label), and why: the run's drop
     rule, else (a config without one) the 90th percentile of all losses."""
     if rule.any:
-        return rule.per_sample, "the run's drop rule"
+        return rule.limit, "the run's drop rule"
     q = HIGH_LOSS_FALLBACK_QUANTILE
     value = float(np.quantile(losses, q)) if len(losses) else float("inf")
     return np.full(len(losses), value), f"the {q:.0%} quantile of all losses (the config sets no drop rule)"
@@ -316,7 +254,7 @@ def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
 
-def _loss_section(run: RunFolder, rule: DropRule, high_why: str, data: dict) -> tuple[dict | None, dict | None]:
+def _loss_section(run: RunFolder, rule: DropDecision, high_why: str, data: dict) -> tuple[dict | None, dict | None]:
     """What the page says about the loss table and the selection (None: no loss table / no selection)."""
     table = run.table
     if table is None:
@@ -336,7 +274,7 @@ def _loss_section(run: RunFolder, rule: DropRule, high_why: str, data: dict) -> 
         "samples": len(table),
         "classes": len(table.classes),
         "rule": drop,
-        "dropped": int((table.losses > rule.per_sample).sum()) if rule.any else None,
+        "dropped": int(rule.dropped.sum()) if rule.any else None,
         "suspect_rule": suspect_rule,
         "known_wrong": int(table.is_noisy.sum()) if table.is_noisy is not None else None,
     }
@@ -354,6 +292,23 @@ def _loss_section(run: RunFolder, rule: DropRule, high_why: str, data: dict) -> 
     return losses, selection
 
 
+def run_drop_decision(run: RunFolder) -> DropDecision:
+    """The run's drop rules on its loss table: the same `drop_decision` call the selection made (an empty table
+    without one)."""
+    table = run.table
+    if table is None:
+        table = LossTable(
+            *(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int32, np.int64)), [], ClassMap(())
+        )
+    return drop_decision(
+        table,
+        drop_loss_above=run.refine_setting("drop_loss_above"),
+        drop_quantile=run.refine_setting("drop_quantile"),
+        drop_disagreeing=bool(run.refine_setting("drop_disagreeing")),
+        drop_confident_other=bool(run.refine_setting("drop_confident_other")),
+    )
+
+
 def render_page(
     run: RunFolder, resolver: ImageResolver, options: ReportOptions = ReportOptions(), title: str | None = None
 ) -> tuple[str, dict]:
@@ -362,21 +317,7 @@ def render_page(
     notices = list(run.notices)
     table = run.table
     losses = table.losses if table is not None else np.empty(0, np.float32)
-    labels = table.labels if table is not None else np.empty(0, np.int64)
-    rule = drop_rule(
-        labels,
-        losses,
-        num_classes=len(table.classes) if table is not None else 0,
-        drop_loss_above=run.refine_setting("drop_loss_above"),
-        drop_quantile=run.refine_setting("drop_quantile"),
-        dropped_first=dropped_first(
-            table,
-            drop_disagreeing=bool(run.refine_setting("drop_disagreeing")),
-            drop_confident_other=bool(run.refine_setting("drop_confident_other")),
-        )
-        if table is not None
-        else None,
-    )
+    rule = run_drop_decision(run)
     high_loss, high_why = high_loss_limit(losses, rule)
     if rule.per_class is not None:
         shown = {"per_class": rule.per_class}
