@@ -609,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train image classifiers on noisy, long-tailed labels with loss-guided data refinement.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=_positive_int, default=None, help=_THREADS_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -822,7 +823,24 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help="debug logging",
         )
+        command.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS, help=_THREADS_HELP)
     return parser
+
+
+_THREADS_HELP = (
+    "torch CPU threads (default: the cores this process may use less those busy with other work, at least 1; "
+    "OMP_NUM_THREADS counts as a choice). On shared cores more threads than free cores run 2-20x slower"
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _threshold_arg(text: str) -> float | str:
@@ -844,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     from lossguided.engine.checkpoint import CheckpointError
 
     try:
+        from lossguided import threads
+
+        threads.configure(args.threads)
         if init_distributed().is_main:
             return args.func(args)
         logging.getLogger().setLevel(logging.WARNING)  # under torchrun rank 0 logs and prints; the rest only warn

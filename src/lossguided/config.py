@@ -35,6 +35,7 @@ class DataConfig:
     test: str | None = None  # defaults to the built-in test split when train is 'fashion-mnist'
     image_size: int = 256  # paper: resize to 256x256
     workers: int = field(default_factory=lambda: default_workers())  # DataLoader processes for image files
+    threads: int | None = None  # torch CPU threads; None: the free usable cores (lossguided/threads.py)
     pin_memory: bool = True  # only used on CUDA
     persistent_workers: bool = True
     prefetch_factor: int = 2
@@ -53,6 +54,10 @@ class DataConfig:
     train_limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ConfigError(f"data.threads must be an integer >= 1 or null (the free cores), got {self.threads!r}")
         if self.image_size < 8:
             raise ConfigError(f"data.image_size must be >= 8, got {self.image_size}")
         from lossguided.data.noise import NOISE_KINDS
@@ -400,7 +405,13 @@ def _collect_differences(before: Any, now: Any, prefix: str, out: list[str]) -> 
 
 
 # Settings of the input pipeline only: a run resumed on another machine may change them.
-RUNTIME_FIELDS = ("data.workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor")
+RUNTIME_FIELDS = (
+    "data.workers",
+    "data.threads",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.prefetch_factor",
+)
 
 
 def from_dict(data: dict) -> RecipeConfig:

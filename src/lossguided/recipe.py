@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lossguided import layout, runlock, stages
+from lossguided import layout, runlock, stages, threads
 from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differences, from_dict, to_dict
 from lossguided.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
@@ -70,6 +70,8 @@ def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
 
 
 def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
+    if cfg.data.threads is not None:
+        threads.configure(cfg.data.threads)
     _check_resumable(cfg, out_dir)
     if get_info().is_main:
         write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
