@@ -32,7 +32,9 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
                       (`refine.drop_disagreeing`; each class keeps its 5 lowest losses);
 * hybrid            - the per-class mixture only where a class shows two modes (its clean mode the majority),
                       elsewhere only what is confidently another class, never the global cut
-                      (`refine.drop_loss_above: hybrid`).
+                      (`refine.drop_loss_above: hybrid`);
+* reset / imprint   - recipe auto whose fine-tunes start with a new classifier (`finetune.head: reset`) or one
+                      imprinted with the kept samples' class-mean features (`imprint`), and 40 warm-up steps.
 
 Every row is cached as JSON under --results (committed, so the table builds up across sessions) keyed by its
 setting, row and seed; model folders live under --work. `--plan` picks which (setting, row, seed) to compute, in
@@ -112,6 +114,7 @@ CLEANLAB_FILTERS = (  # every filter_by of cleanlab.filter.find_label_issues
     "low_self_confidence",
 )
 SELECT_PER_CLASS = 300  # v3's selection split
+WARMUP = 40  # steps of linear warm-up when a fine-tune re-initialises its head (half an epoch of the clean list)
 FOLDS = 5
 CAP = 1000  # the recipe's per-class cap (band 1-1000)
 
@@ -141,8 +144,9 @@ class Bench:
         start = time.perf_counter()
         result = {"setting": setting, "row": row, "seed": seed, **fn()}
         checkpoints = result.pop("_predict", None)
+        counts = result.pop("_train_counts", None)
         if self.design == "v3" and checkpoints:
-            result |= self.store_predictions(setting, seed, checkpoints, path.with_suffix(".preds.npz"))
+            result |= self.store_predictions(setting, seed, checkpoints, path.with_suffix(".preds.npz"), counts)
         result["wall_s"] = round(time.perf_counter() - start, 1)
         write_json(path, result)
         log.info("done %s / %s / seed %d: %s", setting, row, seed, _brief(result))
@@ -154,21 +158,28 @@ class Bench:
     def selection_split(self, setting: str, seed: int):
         return fashion_mnist.load("select", fashion_mnist.options_from(self.cfg(setting, seed).data))
 
-    def store_predictions(self, setting: str, seed: int, checkpoints: dict[str, Path], path: Path) -> dict:
+    def store_predictions(
+        self, setting: str, seed: int, checkpoints: dict[str, Path], path: Path, train_counts: list | None = None
+    ) -> dict:
         """Per-image top-1 of each named checkpoint on the selection split and test, written beside the row (the
-        last name is the row's final model); returns the final model's selection-split error."""
+        last name is the row's final model, whose log-probabilities are kept too, float16, with the class counts of
+        its training list: enough to measure a post-hoc class-prior correction); returns the final model's
+        selection-split error."""
         cfg = self.cfg(setting, seed)
-        sel, test = (
-            self.selection_split(setting, seed),
-            fashion_mnist.load("test", fashion_mnist.options_from(cfg.data)),
-        )
+        sel = self.selection_split(setting, seed)
+        test = fashion_mnist.load("test", fashion_mnist.options_from(cfg.data))
         arrays: dict[str, np.ndarray] = {"select_ids": sel.ids, "select_labels": sel.labels, "test_labels": test.labels}
+        final = list(checkpoints)[-1]
         for name, ckpt in checkpoints.items():
-            arrays[f"select_pred_{name}"] = predict_probs(ckpt, sel, cfg).argmax(1).astype(np.int8)
-            arrays[f"test_pred_{name}"] = predict_probs(ckpt, test, cfg).argmax(1).astype(np.int8)
+            for split, m in (("select", sel), ("test", test)):
+                probs = predict_probs(ckpt, m, cfg)
+                arrays[f"{split}_pred_{name}"] = probs.argmax(1).astype(np.int8)
+                if name == final:
+                    arrays[f"{split}_logp"] = np.log(np.maximum(probs, 1e-30)).astype(np.float16)
+        if train_counts is not None:
+            arrays["train_counts"] = np.asarray(train_counts, dtype=np.int64)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays, stages=np.array(list(checkpoints)))
-        final = list(checkpoints)[-1]
         return {"select_mean_top1_error": mean_error(sel.labels, arrays[f"select_pred_{final}"])}
 
     # -- the confusion of a clean model ------------------------------------------------------------------------
@@ -200,7 +211,7 @@ class Bench:
     # -- rows ------------------------------------------------------------------------------------------------
     def recipe_row(self, setting: str, seed: int, variant: str) -> dict:
         """variant: auto | fixed (1.5) | paper | ensemble | rounds3 | disagree | oof | lr0 | heldout | confident |
-        hybrid.
+        hybrid | reset | imprint.
         Non-auto variants reuse the auto run's pre-training (and what else they share with it or with oof)."""
         over = {
             "auto": {"refine.drop_loss_above": "auto"},
@@ -214,6 +225,8 @@ class Bench:
             "heldout": {"refine.drop_loss_above": "auto", "record.folds": 2, "record.later_rounds_lr": 0.0},
             "confident": {"refine.drop_loss_above": None, "refine.drop_confident_other": True},
             "hybrid": {"refine.drop_loss_above": "hybrid"},
+            "reset": {"refine.drop_loss_above": "auto", "finetune.head": "reset", "finetune.warmup_steps": WARMUP},
+            "imprint": {"refine.drop_loss_above": "auto", "finetune.head": "imprint", "finetune.warmup_steps": WARMUP},
         }[variant]
 
         def run() -> dict:
@@ -226,7 +239,7 @@ class Bench:
                 if variant in ("ensemble", "rounds3"):  # the same rounds, then the extra seeds or round
                     for stage in ("record1", "refine1", "record2", "refine2"):
                         _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
-                if variant in ("disagree", "confident", "hybrid"):  # the same first recording, another selection
+                if variant in ("disagree", "confident", "hybrid", "reset", "imprint"):  # the same first recording
                     _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
                 if variant in ("lr0", "heldout"):  # the same first round as auto / oof, another second recording
                     first = "auto" if variant == "lr0" else "oof"
@@ -250,6 +263,7 @@ class Bench:
                     row[key] = last_refine[key]
             row["min_class_selected"] = _min_class_selected(out, last_refine["name"], splits)
             row["_predict"] = {s["name"]: out / s["checkpoint"] for s in metrics["stages"] if s.get("checkpoint")}
+            row["_train_counts"] = _selected_counts(out, last_refine["name"], splits)
             return row
 
         return self.cached(setting, f"recipe_{variant}", seed, run)
@@ -301,6 +315,7 @@ class Bench:
                 "epochs": epochs,
                 "images_seen": n * _epochs_run(out),
                 "_predict": {"baseline": out / "best.pt"},
+                "_train_counts": np.bincount(splits.train.labels, minlength=len(splits.classes)).tolist(),
             }
 
         return self.cached(setting, "baseline", seed, run)
@@ -354,6 +369,7 @@ class Bench:
             )
             row["min_class_selected"] = int(np.bincount(train.labels[keep], minlength=len(train.classes)).min())
             row["_predict"] = {f"refine{r}": work / f"refine{r}" / "best.pt" for r in (1, 2)}
+            row["_train_counts"] = np.bincount(train.labels[keep], minlength=len(train.classes)).tolist()
             return row
 
         return self.cached(setting, "cleanlab", seed, run)
@@ -511,13 +527,18 @@ def _recipe_images_seen(out: Path, n: int, stage_rows: list[dict]) -> int:
     return seen
 
 
-def _min_class_selected(out: Path, stage: str, splits: stages.Splits) -> int | None:
+def _selected_counts(out: Path, stage: str, splits: stages.Splits) -> list[int] | None:
     path = out / stage / "selected.csv"
     if not path.is_file():
         return None
     ids = np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
     labels = splits.train.labels[splits.train.positions_of(ids)]
-    return int(np.bincount(labels, minlength=len(splits.classes)).min())
+    return np.bincount(labels, minlength=len(splits.classes)).tolist()
+
+
+def _min_class_selected(out: Path, stage: str, splits: stages.Splits) -> int | None:
+    counts = _selected_counts(out, stage, splits)
+    return None if counts is None else int(min(counts))
 
 
 def _brief(r: dict) -> str:
@@ -550,6 +571,8 @@ ROW_ORDER = [
     ("recipe_heldout", "recipe auto, out-of-fold first recording + second without updates"),
     ("recipe_confident", "recipe, dropping what is confidently another class (no loss threshold)"),
     ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
+    ("recipe_reset", "recipe auto, fine-tune with a new classifier and a warm-up"),
+    ("recipe_imprint", "recipe auto, fine-tune with the classifier imprinted from the kept samples, warm-up"),
     ("recipe_hybrid", "recipe, hybrid rule (own mixture where two modes, else confidently another class)"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]

@@ -102,8 +102,15 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     seed: int = 0
     save_every_steps: int = 0  # also write last.pt after every N batches of an epoch (0: only at its end)
+    head: str | None = (
+        None  # fine-tune from a checkpoint: keep (None) | reset | imprint its classifier (engine/head.py)
+    )
 
     def __post_init__(self) -> None:
+        from lossguided.engine.head import HEAD_MODES
+
+        if self.head is not None and self.head not in HEAD_MODES:
+            raise ConfigError(f"head {self.head!r} is not one of {HEAD_MODES} (or null: keep)")
         if self.save_every_steps < 0:
             raise ConfigError(f"save_every_steps must be >= 0, got {self.save_every_steps}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -18,10 +18,11 @@ from lossguided.data.augment import with_randaugment
 from lossguided.data.datasets import BadImage, check_all, write_bad_images
 from lossguided.data.manifest import ClassMap, Manifest, check_confined
 from lossguided.data.sources import default_split_spec, load_manifest, make_dataset
-from lossguided.data.transforms import saved_normalization
+from lossguided.data.transforms import normalization, saved_normalization
 from lossguided.distributed import get_info
 from lossguided.engine import checkpoint
 from lossguided.engine.evaluate import evaluate
+from lossguided.engine.head import prepare_head
 from lossguided.engine.recorder import LossRecorder
 from lossguided.engine.trainer import FitResult, Trainer, seed_everything
 from lossguided.io import atomic_path, write_json
@@ -105,7 +106,7 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     return model
 
 
-OPTIONAL_SETTINGS = ("randaugment",)  # training options added later, None when off
+OPTIONAL_SETTINGS = ("randaugment", "head")  # training options added later, None when off
 
 
 def run_key(
@@ -149,7 +150,16 @@ def train(
     seed_everything(tcfg.seed)
     model = build_model(cfg, splits.classes, init_from=init_from)
     size = cfg.data.image_size
-    train_set = with_randaugment(make_dataset(splits.train, image_size=size), tcfg.randaugment, image_size=size)
+    plain = make_dataset(splits.train, image_size=size)
+    if init_from is not None and tcfg.head not in (None, "keep"):  # before the trainer: its resume overrides it
+        prepare_head(
+            model,
+            tcfg.head,
+            dataset=plain,
+            num_classes=len(splits.classes),
+            normalization=normalization(to_dict(cfg)["model"]),
+        )
+    train_set = with_randaugment(plain, tcfg.randaugment, image_size=size)
     trainer = Trainer(
         model,
         train_set,
