@@ -47,6 +47,9 @@ TRAIN_FLAGS = {
     "weight_decay": "weight_decay",
     "save_every_steps": "save_every_steps",
     "randaugment": "randaugment",
+    "channels_last": "channels_last",
+    "compile": "compile",
+    "head": "head",
 }
 
 
@@ -194,6 +197,24 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help=f"also checkpoint after every N batches of an epoch (a kill then loses minutes) {d('save_every_steps')}",
+    )
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory format on CUDA (default: by architecture: off for ResNeSt, where it measured slower)",
+    )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training forward (default: off)",
+    )
+    g.add_argument(
+        "--head",
+        choices=("keep", "reset", "imprint"),
+        help="with --init-from: keep the checkpoint's classifier, draw a new one, or imprint it with the training "
+        "samples' class-mean features (default: keep)",
     )
 
 

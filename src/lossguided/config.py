@@ -98,8 +98,11 @@ class TrainConfig:
     flip: bool = False  # horizontal flip p=0.5
     randaugment: str | None = None  # timm RandAugment of each training image, e.g. 'rand-m9-mstd0.5' (None: off)
     patience: int | None = None  # stop after this many epochs without a better val mean top-1 error
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    amp: bool = True  # mixed precision on CUDA: bf16 where native, else fp16 with a GradScaler (CPU: off)
+    channels_last: bool | None = None  # on CUDA; None: by architecture (off for ResNeSt, engine/trainer.py)
+    compile: bool = False  # torch.compile the training forward
+    ddp_bf16_compress: bool = False  # under torchrun on NCCL: bf16 gradient all-reduce (half the bytes)
+    ddp_bucket_view: bool = True  # DDP gradient_as_bucket_view: no second copy of the gradients
     seed: int = 0
     save_every_steps: int = 0  # also write last.pt after every N batches of an epoch (0: only at its end)
     head: str | None = (
@@ -411,13 +414,16 @@ def _collect_differences(before: Any, now: Any, prefix: str, out: list[str]) -> 
         out.append(f"{prefix or 'value'} {before!r} -> {now!r}")
 
 
-# Settings of the input pipeline only: a run resumed on another machine may change them.
+# Settings of the input pipeline and of how a GPU runs the same math: a run resumed on another machine may change
+# them (a saved channels_last: true from before it defaulted by architecture resumes too).
+_SPEED_FIELDS = ("channels_last", "compile", "ddp_bf16_compress", "ddp_bucket_view")
 RUNTIME_FIELDS = (
     "data.workers",
     "data.threads",
     "data.pin_memory",
     "data.persistent_workers",
     "data.prefetch_factor",
+    *(f"{section}.{name}" for section in ("pretrain", "finetune") for name in _SPEED_FIELDS),
 )
 
 

@@ -106,7 +106,7 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     return model
 
 
-OPTIONAL_SETTINGS = ("randaugment", "head")  # training options added later, None when off
+OPTIONAL_SETTINGS = ("randaugment", "head", "channels_last")  # options added later (or made optional): None: off
 
 
 def run_key(
@@ -120,7 +120,14 @@ def run_key(
     if init_from is not None:
         with open(init_from, "rb") as f:
             start = hashlib.file_digest(f, "sha256").hexdigest()
-    free = ("epochs", "patience", "save_every_steps")  # may change between a run and its resumption
+    free = (  # may change between a run and its resumption
+        "epochs",
+        "patience",
+        "save_every_steps",
+        "compile",
+        "ddp_bf16_compress",
+        "ddp_bucket_view",
+    )
     settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in free}
     for k in OPTIONAL_SETTINGS:  # off: left out, so run folders from before the option existed still resume
         if settings.get(k) is None:

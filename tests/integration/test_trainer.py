@@ -223,3 +223,32 @@ def test_resume_with_persistent_workers_flips_like_an_uninterrupted_run(tmp_path
     assert resumed.fit().resumed_from == 1
     for k, v in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("saved_world, new_world", [(2, 1), (1, 2)])
+def test_resume_with_another_world_size_keeps_the_schedule(tmp_path, saved_world, new_world):
+    """A last.pt written by a run whose epoch had `saved_world`/`new_world` times the steps of this one (another
+    world size: each rank sees 1/world of the data) resumes at the same share of the cosine schedule, so the lr
+    equals that of an uninterrupted run after the same number of images."""
+    m = tiny_manifest(n=32)
+    first = make_trainer(tmp_path / "a", m, epochs=3, warmup_steps=0)
+    first.epoch = 0
+    first.history = []
+    record = {"epoch": 1, **first.train_epoch()}
+    first.epoch = 1
+    first._save_epoch(record, True)
+    state = checkpoint.load(tmp_path / "a" / "last.pt")
+    spe = first.steps_per_epoch  # 4 steps an epoch here (32 images, batch 8)
+    saved_spe = spe * new_world // saved_world  # the other world: each rank saw 1/world of the data
+    state["steps_per_epoch"] = saved_spe
+    state["step"] = saved_spe  # one epoch of the other world's steps
+    (tmp_path / "b").mkdir()
+    checkpoint.save(tmp_path / "b" / "last.pt", state)
+    resumed = make_trainer(tmp_path / "b", m, epochs=3, warmup_steps=0)
+    resumed._resume()
+    uninterrupted = make_trainer(tmp_path / "c", m, epochs=3, warmup_steps=0)
+    uninterrupted.scheduler.step_update(spe)  # after one epoch of this world's steps
+    assert resumed.step == spe
+    lr = resumed.optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(uninterrupted.optimizer.param_groups[0]["lr"], rel=1e-9)
+    assert lr > first.cfg.lr * first.cfg.lr_min_ratio * 1.5  # not stuck at the minimum
