@@ -879,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
     )
     from lossguided.data.manifest import DataError, one_line_message
-    from lossguided.distributed import init_distributed, shutdown
+    from lossguided.distributed import DeviceError, init_distributed, shutdown
     from lossguided.engine.checkpoint import CheckpointError
 
     try:
@@ -891,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)  # under torchrun rank 0 logs and prints; the rest only warn
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             return args.func(args)
-    except (DataError, config_mod.ConfigError, CheckpointError) as e:
+    except (DataError, config_mod.ConfigError, CheckpointError, DeviceError) as e:
         print(f"lossguided {args.command}: error: {one_line_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

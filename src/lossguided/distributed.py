@@ -4,7 +4,11 @@ is a world of one and every helper here is a no-op, so single-process code paths
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
 
 import torch
 import torch.distributed as dist
@@ -26,8 +30,30 @@ class DistInfo:
         return self.world_size > 1
 
 
+TIMEOUT_ENV = "LOSSGUIDED_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 3600  # NCCL's own is 10 minutes: less than one rank's share of some one-rank work at scale
+ALLOW_CPU_ENV = "LOSSGUIDED_ALLOW_CPU"
+
+
+class DeviceError(RuntimeError):
+    """The machine has a GPU that this torch build cannot use: training on its CPU instead would be silent."""
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective may wait for the slowest rank: LOSSGUIDED_DIST_TIMEOUT_S seconds, default an hour."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise DeviceError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed() -> DistInfo:
-    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU), with `collective_timeout`."""
+    check_cuda_usable()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -36,8 +62,54 @@ def init_distributed() -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=collective_timeout())
     return info
+
+
+@lru_cache(maxsize=1)
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs `nvidia-smi -L` lists (empty where it is missing, fails or lists none)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return ()
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.startswith("GPU "))
+
+
+def driver_version() -> str:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return "unknown"
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (out.strip().splitlines() or ["unknown"])[0]
+
+
+def check_cuda_usable() -> None:
+    """DeviceError (one line: the GPU, the driver, this build's CUDA) when nvidia-smi sees a GPU that torch cannot
+    use, so a GPU machine never trains on its CPU without a word; LOSSGUIDED_ALLOW_CPU=1 accepts the CPU."""
+    if os.environ.get(ALLOW_CPU_ENV) == "1" or torch.cuda.is_available():
+        return
+    gpus = visible_gpus()
+    if not gpus:
+        return
+    build = torch.version.cuda or "none (a CPU-only build)"
+    raise DeviceError(
+        f"nvidia-smi sees {gpus[0].split(' (UUID')[0]} (driver {driver_version()}), but this torch "
+        f"{torch.__version__} (CUDA {build}) cannot use it: install a torch build for this driver, or set "
+        f"{ALLOW_CPU_ENV}=1 to run on the CPU"
+    )
 
 
 def get_info() -> DistInfo:
