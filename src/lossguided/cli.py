@@ -878,13 +878,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
     )
+    from lossguided import signals, threads
     from lossguided.data.manifest import DataError, one_line_message
     from lossguided.distributed import DeviceError, init_distributed, shutdown
     from lossguided.engine.checkpoint import CheckpointError
 
+    signals.install()  # SIGTERM: save at the next step boundary, then stop (exit 143)
     try:
-        from lossguided import threads
-
         threads.configure(args.threads)
         if init_distributed().is_main:
             return args.func(args)
@@ -894,6 +894,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, config_mod.ConfigError, CheckpointError, DeviceError) as e:
         print(f"lossguided {args.command}: error: {one_line_message(e)}", file=sys.stderr)
         return 2
+    except signals.Preempted as e:
+        print(f"lossguided {args.command}: {e}", file=sys.stderr)
+        return signals.EXIT_CODE
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

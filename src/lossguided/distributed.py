@@ -169,6 +169,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum of `t` over ranks (in place; returned for chaining)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank. DDP broadcasts them before each
     forward, but every rank then updates its own copy from its last batch: after an epoch they differ, and the

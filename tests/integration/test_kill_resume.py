@@ -143,3 +143,43 @@ def test_metrics_file_is_rebuilt_from_the_checkpoint_on_resume(tmp_path, image_c
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["resumed_from_epoch"] == epochs - 1
         now = metrics.read_text().splitlines()
         assert now[:-1] == lines and [json.loads(x)["epoch"] for x in now] == list(range(1, epochs + 1))
+
+
+def test_sigterm_saves_at_the_next_step_and_a_rerun_equals_an_uninterrupted_run(tmp_path, image_csv, capsys):
+    """A preempted job (SIGTERM) writes last.pt at the next step boundary, ends with one line and exit code 143,
+    and its rerun finishes as if it had never stopped."""
+    out = tmp_path / "preempted"
+    proc = _start(_args(image_csv, out))
+    try:
+        deadline = time.monotonic() + 180
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None, f"run ended before the signal: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no epoch within 180 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 143, stderr[-2000:]
+    last = [line for line in stderr.strip().splitlines() if line.strip()][-1]
+    assert "stopped by SIGTERM" in last and "rerun the same command to resume" in last
+    state = checkpoint.load(out / "last.pt")
+    assert state["epoch"] < EPOCHS
+    rerun = _start(_args(image_csv, out))
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr[-3000:]
+
+    ref = tmp_path / "reference"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(image_csv, ref)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    assert _metrics(out / "metrics.jsonl") == _metrics(ref / "metrics.jsonl")
+    got, want = checkpoint.load(out / "last.pt"), checkpoint.load(ref / "last.pt")
+    for k, v in want["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=0, atol=0, msg=k)

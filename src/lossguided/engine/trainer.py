@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lossguided import runlock
+from lossguided import runlock, signals
 from lossguided.config import ConfigError, TrainConfig
 from lossguided.data.datasets import one_line_worker_error
 from lossguided.data.loader import create_loader
@@ -35,6 +35,7 @@ from lossguided.data.transforms import BatchTransform, normalization
 from lossguided.disk import DiskFullError
 from lossguided.distributed import (
     all_gather_objects,
+    all_reduce_max,
     all_reduce_sum,
     broadcast_buffers,
     default_device,
@@ -207,6 +208,10 @@ class Trainer:
                 if every and (i + 1) % every == 0 and i + 1 < n_batches:
                     self._check_finite(first_bad, i, n_batches, weights=True)
                     self._save_mid_epoch(i + 1, total, seen)
+                if i + 1 < n_batches and self._stop_now(i):
+                    self._check_finite(first_bad, i, n_batches, weights=self.update)
+                    self._save_mid_epoch(i + 1, total, seen)
+                    raise signals.Preempted(self._stopped_at(f"after batch {i + 1} of {n_batches}"))
         self._check_finite(first_bad, n_batches - 1, n_batches, weights=self.update)
         self.loader.skip(0)
         seen_now = seen - seen_before
@@ -226,6 +231,22 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_time_s": elapsed,
         }
+
+    def _stop_now(self, i: int) -> bool:
+        """Whether a stop was requested (SIGTERM). Under torchrun every rank must stop at the same step, so the
+        ranks agree by a max-reduce every 20 steps (where the step already syncs); alone, at every step."""
+        if not self.info.enabled:
+            return signals.stop_requested()
+        if i % 20:
+            return False
+        flag = torch.tensor(float(signals.stop_requested()), device=self.device)
+        return bool(all_reduce_max(flag).item() > 0)
+
+    def _stopped_at(self, where: str) -> str:
+        return (
+            f"{self.out_dir}: stopped by SIGTERM in epoch {self.epoch + 1} {where} (step {self.step}); last.pt "
+            "holds it: rerun the same command to resume"
+        )
 
     def _check_finite(self, first_bad: torch.Tensor, last: int, n_batches: int, *, weights: bool = False) -> None:
         """NonFiniteError naming the epoch and step when a loss of this epoch up to batch `last` (or, with
@@ -251,7 +272,8 @@ class Trainer:
         """Train (or record) the remaining epochs; the folder is this process's for the whole call (`runlock`)."""
         locked = self._lock()
         try:
-            return self._fit(resume=resume)
+            with signals.polling():
+                return self._fit(resume=resume)
         except DataError as e:  # a worker's error arrives with its traceback in the message: keep its last line
             raise one_line_worker_error(e) from None
         finally:
@@ -293,6 +315,8 @@ class Trainer:
             msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
             if self.info.is_main:
                 log.info("%s%s", msg, " (early stop)" if stopped else "")
+            if self.epoch < self.cfg.epochs and not stopped and self._stop_now(0):
+                raise signals.Preempted(self._stopped_at("at its end"))
         return FitResult(self.best, self.epoch, stopped, resumed)
 
     def _track_best(self, val_error: float | None) -> bool:

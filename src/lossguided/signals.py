@@ -1,0 +1,51 @@
+"""SIGTERM as a request, not a kill: a cluster that preempts a job sends it, and the work since the last checkpoint
+would be lost. `install()` (the CLI does it first) turns the signal into a flag; the trainer polls the flag at each
+step boundary, writes last.pt there and raises `Preempted`, which the CLI ends with one line and exit code 143, so
+a requeued rerun resumes at that step."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job SIGTERM ended
+
+_requested: list[int] = []
+
+
+class Preempted(RuntimeError):
+    """A stop was requested (SIGTERM); what was done so far is saved and a rerun resumes it."""
+
+
+def install() -> None:
+    """Make SIGTERM set the stop flag instead of ending the process (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+_polling: list[bool] = []  # non-empty while a trainer polls the flag at its step boundaries
+
+
+def _on_signal(signum: int, frame) -> None:  # noqa: ARG001 - the signal module's signature
+    _requested.append(signum)
+    if not _polling:  # nothing saves at a step boundary: stop here, as Ctrl-C would
+        raise Preempted("stopped by SIGTERM; rerun the same command to resume")
+
+
+@contextmanager
+def polling():
+    """While inside, SIGTERM only sets the flag: the caller polls `stop_requested()` and stops where it can save."""
+    _polling.append(True)
+    try:
+        yield
+    finally:
+        _polling.pop()
+
+
+def stop_requested() -> bool:
+    return bool(_requested)
+
+
+def clear() -> None:
+    _requested.clear()

@@ -1,0 +1,31 @@
+"""SIGTERM: a flag while a trainer polls it at step boundaries, an immediate one-line stop anywhere else."""
+
+import os
+import signal
+
+import pytest
+
+from lossguided import signals
+
+
+@pytest.fixture(autouse=True)
+def handler():
+    before = signal.getsignal(signal.SIGTERM)
+    signals.install()
+    signals.clear()
+    yield
+    signals.clear()
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_outside_training_sigterm_stops_at_once():
+    with pytest.raises(signals.Preempted, match="stopped by SIGTERM"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # let the handler run
+
+
+def test_while_polling_it_only_sets_the_flag():
+    with signals.polling():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)
+        assert signals.stop_requested()
