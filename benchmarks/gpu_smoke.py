@@ -1,6 +1,6 @@
 """GPU smoke test and throughput: training images/s of the paper's setting on one CUDA device.
 
-ResNeSt-101e at 256x256, batch 64, bf16 autocast and channels_last, through the real `Trainer.run_step` (batch
+ResNeSt-101e at 256x256, batch 64, bf16 autocast and the architecture's memory format (NCHW for ResNeSt), through the real `Trainer.run_step` (batch
 transform, forward, per-sample losses, backward, Ranger step, per-batch LR) on random uint8 images already on the
 device, so the number is the model's step rate without any input pipeline. The head has the AliProducts class count
 (50,030) by default: ~100M of its parameters, a real share of the step's cost.
@@ -44,7 +44,6 @@ def main() -> int:
         return 0
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     b, s, k = args.batch_size, args.image_size, args.classes
     classes = ClassMap(tuple(str(i) for i in range(k)))
@@ -57,12 +56,18 @@ def main() -> int:
         source="gpu_smoke",
         storage=Storage.arrays(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)),
     )
-    cfg = TrainConfig(
-        epochs=args.warmup + args.steps, batch_size=b, lr=1e-4, amp=not args.no_amp, channels_last=True, flip=True
-    )
+    cfg = TrainConfig(epochs=args.warmup + args.steps, batch_size=b, lr=1e-4, amp=not args.no_amp, flip=True)
     model = create_model(args.model, num_classes=k)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model, make_dataset(m, image_size=s), cfg=cfg, classes=classes, out_dir=out, device=device)
+        trainer = Trainer(
+            model,
+            make_dataset(m, image_size=s),
+            cfg=cfg,
+            classes=classes,
+            out_dir=out,
+            device=device,
+            run_config={"model": {"name": args.model}},
+        )
         trainer.net.train()
         trainer.transform.train()
         gen = torch.Generator(device=device).manual_seed(0)
@@ -91,7 +96,7 @@ def main() -> int:
     amp = "bf16" if cfg.amp and device.type == "cuda" else "fp32"
     print(
         f"device={name} model={args.model} size={s} batch={b} classes={k} amp={amp} "
-        f"channels_last=True steps={args.steps} step_ms={1000 * elapsed / args.steps:.1f} peak_gib={peak:.1f} "
+        f"channels_last={trainer.channels_last} steps={args.steps} step_ms={1000 * elapsed / args.steps:.1f} peak_gib={peak:.1f} "
         f"loss={loss.item():.4f}"
     )
     print(f"images_per_s={b * args.steps / elapsed:.1f}")
