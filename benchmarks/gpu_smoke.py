@@ -1,9 +1,9 @@
 """GPU smoke test and throughput: training images/s of the paper's setting on one CUDA device.
 
-ResNeSt-101e at 256x256, batch 64, bf16 autocast and the architecture's memory format (NCHW for ResNeSt), through the real `Trainer.run_step` (batch
-transform, forward, per-sample losses, backward, Ranger step, per-batch LR) on random uint8 images already on the
-device, so the number is the model's step rate without any input pipeline. The head has the AliProducts class count
-(50,030) by default: ~100M of its parameters, a real share of the step's cost.
+ResNeSt-101e at 256x256, batch 64, bf16 autocast and the architecture's memory format (NCHW for ResNeSt), through
+the real `Trainer.run_step` (batch transform, forward, per-sample losses, backward, Ranger step, per-batch LR) on
+random uint8 images already on the device, so the number is the model's step rate without any input pipeline. The
+head has the AliProducts class count (50,030) by default: ~100M of its parameters, a real share of the step's cost.
 
 Without CUDA it prints why and exits 0 (`--allow-cpu` runs the same code on CPU, for checking the script with a small
 model, e.g. `--allow-cpu --model test_resnet --image-size 32 --batch-size 8 --classes 10 --steps 3 --warmup 1`).
@@ -96,7 +96,8 @@ def main() -> int:
     amp = "bf16" if cfg.amp and device.type == "cuda" else "fp32"
     print(
         f"device={name} model={args.model} size={s} batch={b} classes={k} amp={amp} "
-        f"channels_last={trainer.channels_last} steps={args.steps} step_ms={1000 * elapsed / args.steps:.1f} peak_gib={peak:.1f} "
+        f"channels_last={trainer.channels_last} steps={args.steps} step_ms={1000 * elapsed / args.steps:.1f} "
+        f"peak_gib={peak:.1f} "
         f"loss={loss.item():.4f}"
     )
     print(f"images_per_s={b * args.steps / elapsed:.1f}")
