@@ -33,6 +33,8 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
 * hybrid            - the per-class mixture only where a class shows two modes (its clean mode the majority),
                       elsewhere only what is confidently another class, never the global cut
                       (`refine.drop_loss_above: hybrid`);
+* la / hybrid_la    - recipe auto (hybrid) + post-hoc logit adjustment (`refine.logit_adjust: auto`, tau chosen on
+                      the selection split through `data.choose`); cleanlab_la: cleanlab's final model, the same way;
 * reset / imprint   - recipe auto whose fine-tunes start with a new classifier (`finetune.head: reset`) or one
                       imprinted with the kept samples' class-mean features (`imprint`), and 40 warm-up steps.
 
@@ -114,6 +116,7 @@ CLEANLAB_FILTERS = (  # every filter_by of cleanlab.filter.find_label_issues
     "low_self_confidence",
 )
 SELECT_PER_CLASS = 300  # v3's selection split
+CHOOSE = "fashion-mnist:select"  # where a recipe's 'auto' choices are read in v3 (data.choose)
 WARMUP = 40  # steps of linear warm-up when a fine-tune re-initialises its head (half an epoch of the clean list)
 FOLDS = 5
 CAP = 1000  # the recipe's per-class cap (band 1-1000)
@@ -227,6 +230,8 @@ class Bench:
             "hybrid": {"refine.drop_loss_above": "hybrid"},
             "reset": {"refine.drop_loss_above": "auto", "finetune.head": "reset", "finetune.warmup_steps": WARMUP},
             "imprint": {"refine.drop_loss_above": "auto", "finetune.head": "imprint", "finetune.warmup_steps": WARMUP},
+            "la": {"refine.drop_loss_above": "auto", "refine.logit_adjust": "auto", "data.choose": CHOOSE},
+            "hybrid_la": {"refine.drop_loss_above": "hybrid", "refine.logit_adjust": "auto", "data.choose": CHOOSE},
         }[variant]
 
         def run() -> dict:
@@ -236,9 +241,12 @@ class Bench:
                 self.recipe_row(setting, seed, "auto")
                 self.pretrained(setting, seed)
                 _share_stage(self.dir(setting, "recipe_auto", seed), out, "pretrain")
-                if variant in ("ensemble", "rounds3"):  # the same rounds, then the extra seeds or round
+                if variant in ("ensemble", "rounds3", "la", "hybrid_la"):  # the same rounds, then one more step
+                    first = "hybrid" if variant == "hybrid_la" else "auto"
+                    if first != "auto":
+                        self.recipe_row(setting, seed, first)
                     for stage in ("record1", "refine1", "record2", "refine2"):
-                        _share_stage(self.dir(setting, "recipe_auto", seed), out, stage)
+                        _share_stage(self.dir(setting, f"recipe_{first}", seed), out, stage)
                 if variant in ("disagree", "confident", "hybrid", "reset", "imprint"):  # the same first recording
                     _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
                 if variant in ("lr0", "heldout"):  # the same first round as auto / oof, another second recording
@@ -373,6 +381,45 @@ class Bench:
             return row
 
         return self.cached(setting, "cleanlab", seed, run)
+
+    def cleanlab_la_row(self, setting: str, seed: int) -> dict:
+        """cleanlab's row with the recipe's post-hoc logit adjustment (engine/prior.py): the prior from its final
+        training list, tau chosen on the selection split, as `refine.logit_adjust: auto` with data.choose."""
+
+        def run() -> dict:
+            from lossguided.data.transforms import saved_normalization
+            from lossguided.engine.prior import choose_tau, fold_into_head, log_prior, predictions_by_tau
+            from lossguided.models import load_model
+
+            base = self.cleanlab_row(setting, seed)
+            counts = _preds(self.results, setting, "cleanlab", seed)["train_counts"]
+            cfg = self.cfg(setting, seed)
+            final = self.dir(setting, "cleanlab", seed) / "refine2" / "best.pt"
+            state = checkpoint.load(final)
+            model, _ = load_model(state)
+            prior = log_prior(counts)
+            sel = self.selection_split(setting, seed)
+            y, preds = predictions_by_tau(
+                model,
+                make_dataset(sel, image_size=cfg.data.image_size),
+                prior,
+                normalization=saved_normalization(state),
+            )
+            tau, errors = choose_tau(y, preds, len(sel.classes))
+            fold_into_head(model, tau, prior)
+            out = self.dir(setting, "cleanlab_la", seed)
+            out.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(out / "best.pt", state | {"model": model.state_dict()})
+            splits = stages.load_splits(cfg.data)
+            keys = ("train_samples", "purity", "images_seen", "min_class_selected", "filter_by")
+            return (
+                _evaluate(out / "best.pt", splits, cfg)
+                | {k: base.get(k) for k in keys}
+                | {"tau": tau, "select_error_by_tau": {str(t): e for t, e in errors.items()}}
+                | {"_predict": {"adjusted": out / "best.pt"}, "_train_counts": counts.tolist()}
+            )
+
+        return self.cached(setting, "cleanlab_la", seed, run)
 
     def cleanlab_filter(self, setting: str, cfg: RecipeConfig, splits, probs: np.ndarray, pre: Path) -> str:
         """cleanlab's `filter_by`, chosen once per setting (the first seed that gets here) by the round-1 model's
@@ -573,6 +620,9 @@ ROW_ORDER = [
     ("recipe_disagree", "recipe auto, also dropping where the model disagrees"),
     ("recipe_reset", "recipe auto, fine-tune with a new classifier and a warm-up"),
     ("recipe_imprint", "recipe auto, fine-tune with the classifier imprinted from the kept samples, warm-up"),
+    ("cleanlab_la", "cleanlab + logit adjustment (tau on the selection split)"),
+    ("recipe_la", "recipe auto + logit adjustment (tau on the selection split)"),
+    ("recipe_hybrid_la", "recipe hybrid + logit adjustment"),
     ("recipe_hybrid", "recipe, hybrid rule (own mixture where two modes, else confidently another class)"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]
@@ -674,6 +724,70 @@ def to_markdown(results: Path, setting: str) -> str:
 
 
 DEFAULT_ROW = "recipe_auto"  # the row of the shipped default recipe (cpu-small)
+TAUS = np.round(np.arange(0.0, 2.01, 0.25), 2)  # post-hoc logit adjustment strengths tried on the selection split
+
+
+def _preds(results: Path, setting: str, row: str, seed: int) -> dict | None:
+    path = results / setting / f"{row}-s{seed}.preds.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _final_pred(p: dict, split: str) -> np.ndarray:
+    return p[f"{split}_pred_{p['stages'][-1]}"]
+
+
+def paired_bootstrap(labels: np.ndarray, wrong_a: np.ndarray, wrong_b: np.ndarray, *, draws: int = 2000, seed: int = 0):
+    """Mean per-class error of a minus b, and a 95% interval from resampling the images within each class."""
+    rng = np.random.default_rng(seed)
+    k = int(labels.max()) + 1
+    by_class = [np.flatnonzero(labels == c) for c in range(k)]
+    diff = wrong_a.astype(float) - wrong_b.astype(float)
+    point = float(np.mean([diff[i].mean() for i in by_class]))
+    boots = np.empty(draws)
+    for d in range(draws):
+        boots[d] = np.mean([diff[rng.choice(i, len(i))].mean() for i in by_class])
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return point, float(lo), float(hi)
+
+
+def paired_lines(results: Path, setting: str, a: str, b: str) -> list[str]:
+    """Per seed: a - b on the selection split and on test (mean per-class error), with paired bootstrap intervals."""
+    lines = []
+    for seed in range(10):
+        pa, pb = _preds(results, setting, a, seed), _preds(results, setting, b, seed)
+        if pa is None or pb is None:
+            continue
+        parts = []
+        for split in ("select", "test"):
+            labels = pa[f"{split}_labels"]
+            wa, wb = _final_pred(pa, split) != labels, _final_pred(pb, split) != labels
+            d, lo, hi = paired_bootstrap(labels, wa, wb, seed=seed)
+            parts.append(f"{split} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        lines.append(f"{setting} seed {seed}: {a} - {b}: " + "; ".join(parts))
+    return lines
+
+
+def logit_adjusted(p: dict) -> dict | None:
+    """Post-hoc logit adjustment of the final model: argmax(log p - tau log prior), prior = the class counts of its
+    training list, tau chosen on the selection split (ties to the smaller tau); errors before and after."""
+    if "select_logp" not in p or "train_counts" not in p:
+        return None
+    log_prior = np.log(np.maximum(p["train_counts"], 1) / p["train_counts"].sum())
+    err = {}
+    for split in ("select", "test"):
+        logp, labels = p[f"{split}_logp"].astype(np.float32), p[f"{split}_labels"]
+        err[split] = [mean_error(labels, (logp - t * log_prior).argmax(1)) for t in TAUS]
+    best = int(np.argmin(err["select"]))
+    return {
+        "tau": float(TAUS[best]),
+        "select_before": err["select"][0],
+        "select_after": err["select"][best],
+        "test_before": err["test"][0],
+        "test_after": err["test"][best],
+    }
 
 
 def summary_line(results: Path, setting: str) -> str:
@@ -772,12 +886,38 @@ def main() -> None:
     )
     p.add_argument("--table", action="store_true", help="only print the tables from the cached rows")
     p.add_argument("--summary", action="store_true", help="only print one paired summary line per setting")
+    p.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("ROW_A", "ROW_B"),
+        help="only print A - B per seed on the selection split and test, with paired bootstrap intervals",
+    )
+    p.add_argument("--logit-adjust", action="store_true", help="only print each row's post-hoc logit adjustment")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work or f"runs/bench-{args.design}")
     bench = Bench(args.recipe, work, Path(args.results or f"benchmarks/results/recipe_{args.design}"), args.design)
+    if args.paired:
+        for setting in SETTINGS:
+            for line in paired_lines(bench.results, setting, *args.paired):
+                print(line)
+        return
+    if args.logit_adjust:
+        for setting in SETTINGS:
+            for path in (
+                sorted((bench.results / setting).glob("*.preds.npz")) if (bench.results / setting).is_dir() else []
+            ):
+                with np.load(path) as z:
+                    la = logit_adjusted({k: z[k] for k in z.files})
+                if la:
+                    print(
+                        f"{setting} {path.name.removesuffix('.preds.npz')}: tau {la['tau']:g}; select "
+                        f"{la['select_before']:.4f} -> {la['select_after']:.4f}; test {la['test_before']:.4f} -> "
+                        f"{la['test_after']:.4f}"
+                    )
+        return
     if args.summary:
         for setting in SETTINGS:
             if (bench.results / setting).is_dir():

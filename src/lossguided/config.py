@@ -36,6 +36,7 @@ class DataConfig:
     image_size: int = 256  # paper: resize to 256x256
     workers: int = field(default_factory=lambda: default_workers())  # DataLoader processes for image files
     threads: int | None = None  # torch CPU threads; None: the free usable cores (lossguided/threads.py)
+    choose: str | None = None  # labelled split where 'auto' choices are read (logit_adjust's tau); None: val
     pin_memory: bool = True  # only used on CUDA
     persistent_workers: bool = True
     prefetch_factor: int = 2
@@ -176,9 +177,16 @@ class RefineConfig:
     per_class: int | None = None  # width of the median band
     drop_disagreeing: bool = False  # also drop samples the model assigns to another class (refine/threshold.py)
     drop_confident_other: bool = False  # also drop samples confidently another class (refine/threshold.py)
+    # after the last round: subtract tau * log(class share of the training list) from the logits, folded into the
+    # classifier's bias (engine/prior.py); 'auto' picks tau on data.choose (default val); null: off
+    logit_adjust: float | str | None = None
 
     def __post_init__(self) -> None:
         from lossguided.refine.select import parse_band
+
+        la = self.logit_adjust
+        if la is not None and la != "auto" and (isinstance(la, bool | str) or not 0 <= la <= 10):
+            raise ConfigError(f"refine.logit_adjust must be 'auto', a tau in [0, 10] or null, got {la!r}")
 
         if self.rounds < 0:
             raise ConfigError(f"refine.rounds must be >= 0, got {self.rounds}")

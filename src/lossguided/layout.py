@@ -68,6 +68,11 @@ class RunLayout:
     def selected(self, r: int) -> Path:
         return self.refine(r) / SELECTED
 
+    @property
+    def adjust(self) -> Path:
+        """The last round's model with its logits adjusted for the class prior (refine.logit_adjust)."""
+        return self.root / "adjust"
+
     def stages(self, rounds: int) -> list[str]:
         """Stage folder names in run order: pretrain, record1, refine1, record2, ..."""
         return [PRETRAIN] + [f"{s}{r}" for r in range(1, rounds + 1) for s in ("record", "refine")]

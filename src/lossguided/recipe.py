@@ -144,12 +144,60 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
         rows.append(row)
         model = out_dir / row["checkpoint"]
 
+    if cfg.refine.logit_adjust is not None and cfg.refine.rounds >= 1:
+        rows.append(_adjust_stage(cfg, splits, run, final=model))
     if cfg.ensemble.seeds and cfg.refine.rounds >= 1:
         rows.append(_ensemble_stage(cfg, splits, out_dir, start_model=start_model, final=model))
     metrics = {"stages": rows}
     if get_info().is_main:
         write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _adjust_stage(cfg: RecipeConfig, splits: stages.Splits, run: layout.RunLayout, *, final: Path) -> dict:
+    """The last round's model with tau * log prior subtracted from its logits (folded into the bias), the prior
+    being the class shares of that round's training list; tau from the config or, for 'auto', the lowest mean
+    top-1 error on data.choose (default val) among engine.prior.TAUS."""
+    from lossguided.data.transforms import saved_normalization
+    from lossguided.engine import checkpoint
+    from lossguided.engine.prior import choose_tau, fold_into_head, log_prior, predictions_by_tau
+    from lossguided.models import load_model
+
+    out = run.adjust
+    row = _done(out)
+    if row and row.get("logit_adjust") == cfg.refine.logit_adjust and row.get("from") == final.parent.name:
+        return row
+    ids = np.loadtxt(final.parent / layout.SELECTED, delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
+    labels = splits.train.labels[splits.train.positions_of(ids)]
+    k = len(splits.classes)
+    prior = log_prior(np.bincount(labels, minlength=k))
+    state = checkpoint.load(final)
+    model, _ = load_model(state)
+    tau, errors, where = cfg.refine.logit_adjust, None, None
+    if tau == "auto":
+        choose = stages.choice_split(cfg.data, splits)
+        if choose is None:
+            raise ConfigError("refine.logit_adjust: auto needs a labelled split to choose on (data.choose or val)")
+        where = choose.source
+        ds = stages.make_dataset(choose, image_size=cfg.data.image_size)
+        y, preds = predictions_by_tau(model, ds, prior, normalization=saved_normalization(state))
+        tau, errors = choose_tau(y, preds, k)
+        log.info("stage adjust: mean top-1 error on %s by tau %s: tau %g", where, errors, tau)
+    fold_into_head(model, float(tau), prior)
+    if get_info().is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        adjusted = state | {"model": model.state_dict(), "logit_adjust": {"tau": float(tau), "from": str(final.name)}}
+        checkpoint.save(out / "best.pt", adjusted)
+    barrier()
+    extra = {
+        "train_samples": int(len(ids)),
+        "logit_adjust": cfg.refine.logit_adjust,
+        "tau": float(tau),
+        "from": final.parent.name,
+    }
+    if errors is not None:
+        extra |= {"chosen_on": where, "error_by_tau": {str(t): e for t, e in errors.items()}}
+    return _finish(out, _test_row(f"logit-adjusted (tau {float(tau):g})", out / "best.pt", splits, cfg, extra))
 
 
 def _ensemble_stage(cfg: RecipeConfig, splits: stages.Splits, out_dir: Path, *, start_model: Path, final: Path) -> dict:

@@ -63,6 +63,16 @@ def load_splits(data: DataConfig, *, classes: ClassMap | None = None, need_train
     return Splits(train, val, test, bad)
 
 
+def choice_split(data: DataConfig, splits: Splits) -> Manifest | None:
+    """The labelled split where a run reads its 'auto' choices: data.choose when set (checked like the others),
+    else val. A benchmark points it at a split held out of both train and val."""
+    if data.choose is None:
+        return splits.val
+    manifest = load_manifest(data.choose, split="select", classes=splits.classes, options=data)
+    (manifest,), _ = check_all((manifest,), skip_bad=data.skip_bad_images, workers=data.workers)
+    return manifest
+
+
 def loader_kwargs(data: DataConfig) -> dict:
     return {
         "workers": data.workers,
