@@ -42,13 +42,13 @@ def create_model(
 ) -> nn.Module:
     """A timm model with a fresh `num_classes` head. ImageNet weights come through timm's own loading
     (`pretrained=True`: the hub, or its local cache when the hub cannot be reached) or from a local file
-    (`pretrained_path`: .safetensors, .pth or .bin; loaded without executing code, the ImageNet classifier is
-    dropped)."""
+    (`pretrained_path`: .safetensors, .pth or .bin, or `pypi:<name>`; loaded without executing code, by name or by
+    position when another port names the tensors otherwise; the ImageNet classifier is dropped)."""
     check_model_name(name)
-    kwargs = {}
-    if pretrained_path is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path), "num_classes": 1000}
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+    if pretrained_path is not None:  # by name, or by position where the names are another port's (pretrained.py)
+        from lossguided import pretrained as weights
+
+        return weights.load_into(timm.create_model(name, pretrained=False, num_classes=num_classes), pretrained_path)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     with _offline_unless_reachable() as host:

