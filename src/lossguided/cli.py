@@ -296,6 +296,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
         raise config_mod.ConfigError(
             f"--out {args.out}: the loss table is a .npz file; name it {Path(args.out).stem}.npz"
         )
+    _refuse_overwriting_inputs(args.out, args.checkpoint, getattr(args, "train", None))
     state = checkpoint.load(args.checkpoint)
     cfg = config_mod.from_dict(state["config"]) if state.get("config") else config_mod.RecipeConfig()
     flags = {**DATA_FLAGS}
@@ -368,9 +369,19 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _refuse_overwriting_inputs(out: str, *inputs: str | None) -> None:
+    """An --out that is one of the command's inputs would destroy it (`select T.npz --out T.npz`): stop first."""
+    target = Path(out).resolve()
+    derived = [target.with_suffix(s) for s in (".summary.csv", ".stats.json")]  # what select writes beside OUT
+    for given in inputs:
+        if given is not None and Path(given).resolve() in (target, *derived):
+            raise config_mod.ConfigError(f"--out {out} would overwrite the input {given}; write to another file")
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from lossguided.refine.apply import select_to_manifest
 
+    _refuse_overwriting_inputs(args.out, args.losses)
     summary = select_to_manifest(
         args.losses,
         args.out,
@@ -509,6 +520,7 @@ def cmd_suspects(args: argparse.Namespace) -> int:
     from lossguided.losstable import LossTable
     from lossguided.report.suspects import write_suspects
 
+    _refuse_overwriting_inputs(args.out, args.losses)
     print(json.dumps(write_suspects(LossTable.load(args.losses), args.out, per_class=args.per_class, top=args.top)))
     return 0
 
@@ -517,6 +529,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     from lossguided.data.sources import load_manifest
     from lossguided.report.suspects import relabel_manifest
 
+    _refuse_overwriting_inputs(args.out, args.manifest, args.corrections)
     manifest = load_manifest(args.manifest, split="train", options=_data_options(args))
     print(json.dumps(relabel_manifest(manifest, args.corrections, args.out, allow_new_labels=args.allow_new_labels)))
     return 0

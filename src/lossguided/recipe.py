@@ -5,6 +5,7 @@ skips finished stages and the trainer resumes an interrupted one from its `last.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -62,6 +63,39 @@ def _check_resumable(cfg: RecipeConfig, out_dir: Path) -> None:
             )
 
 
+DATA_KEY = "data_key.json"
+
+
+def _data_key(splits: stages.Splits) -> dict:
+    """Per split: its size and a digest of its ids and labels (what a finished stage was computed from)."""
+    key = {}
+    for name in ("train", "val", "test"):
+        m = getattr(splits, name)
+        if m is None:
+            continue
+        digest = hashlib.sha256(np.ascontiguousarray(m.ids, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(m.labels, dtype=np.int64).tobytes())
+        digest.update("\0".join(m.classes.names).encode())
+        key[name] = {"samples": int(len(m)), "sha256": digest.hexdigest()}
+    return key
+
+
+def _check_same_data(key: dict, out_dir: Path) -> None:
+    """A rerun whose data changed (an edited label, a row more) must not reuse stages computed from the old data:
+    `train` refuses that case through its run key, and `run` does here, naming the split."""
+    saved = out_dir / DATA_KEY
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())
+    for name in sorted(set(before) | set(key)):
+        if before.get(name) != key.get(name):
+            was, now = before.get(name) or {}, key.get(name) or {}
+            raise ConfigError(
+                f"{out_dir}: holds a run on other data: the {name} split's ids or labels changed ({was.get('samples')} "
+                f"samples then, {now.get('samples')} now); use a new --out, or remove the folder to start over"
+            )
+
+
 def run_recipe(cfg: RecipeConfig, *, out_dir: str | Path) -> dict:
     """Run (or resume) every stage; returns and writes OUT/metrics.json {"stages": [...]} in run order. The folder
     is this process's while it runs: a second run on it stops at once (runlock)."""
@@ -73,9 +107,12 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     if cfg.data.threads is not None:
         threads.configure(cfg.data.threads)
     _check_resumable(cfg, out_dir)
+    splits = stages.load_splits(cfg.data)  # before config.yaml: a start that fails here leaves the folder reusable
+    data_key = _data_key(splits)
+    _check_same_data(data_key, out_dir)
     if get_info().is_main:
         write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    splits = stages.load_splits(cfg.data)
+        write_json(out_dir / DATA_KEY, data_key)
     rows = []
 
     run = layout.RunLayout(out_dir)

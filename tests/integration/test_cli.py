@@ -314,7 +314,10 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.pt")}
     capsys.readouterr()
     assert main(["run", "nope-recipe", "--out", str(tmp_path / "x")]) == 2
-    assert "recipe 'nope-recipe' not found; shipped recipes: ['cpu-small', 'demo', 'paper']" in capsys.readouterr().err
+    assert (
+        "recipe 'nope-recipe' not found; shipped recipes: ['cpu-pretrained', 'cpu-small', 'demo', 'paper']"
+        in capsys.readouterr().err
+    )
     assert main([*args[:-2], "--set", "refine.bandz=[1-5]"]) == 2
     assert "unknown key 'refine.bandz' (did you mean 'bands'?)" in capsys.readouterr().err
     assert main([*args[:-2], "--set", "refine.rounds=3"]) == 2  # same folder, other settings: refuse to mix
