@@ -35,6 +35,9 @@ Rows (all start from the same data; a row's seed sets every training seed, the d
                       (`refine.drop_loss_above: hybrid`);
 * la / hybrid_la    - recipe auto (hybrid) + post-hoc logit adjustment (`refine.logit_adjust: auto`, tau chosen on
                       the selection split through `data.choose`); cleanlab_la: cleanlab's final model, the same way;
+* relabel(_la)      - recipe auto whose fine-tunes also take the dropped samples that are confidently another
+                      class (top-1 at or above that class's mean self-probability and 0.5) under that class
+                      (`refine.relabel_confident`), without and with the logit adjustment;
 * reset / imprint   - recipe auto whose fine-tunes start with a new classifier (`finetune.head: reset`) or one
                       imprinted with the kept samples' class-mean features (`imprint`), and 40 warm-up steps.
 
@@ -232,6 +235,13 @@ class Bench:
             "imprint": {"refine.drop_loss_above": "auto", "finetune.head": "imprint", "finetune.warmup_steps": WARMUP},
             "la": {"refine.drop_loss_above": "auto", "refine.logit_adjust": "auto", "data.choose": CHOOSE},
             "hybrid_la": {"refine.drop_loss_above": "hybrid", "refine.logit_adjust": "auto", "data.choose": CHOOSE},
+            "relabel": {"refine.drop_loss_above": "auto", "refine.relabel_confident": True},
+            "relabel_la": {
+                "refine.drop_loss_above": "auto",
+                "refine.relabel_confident": True,
+                "refine.logit_adjust": "auto",
+                "data.choose": CHOOSE,
+            },
         }[variant]
 
         def run() -> dict:
@@ -241,13 +251,13 @@ class Bench:
                 self.recipe_row(setting, seed, "auto")
                 self.pretrained(setting, seed)
                 _share_stage(self.dir(setting, "recipe_auto", seed), out, "pretrain")
-                if variant in ("ensemble", "rounds3", "la", "hybrid_la"):  # the same rounds, then one more step
-                    first = "hybrid" if variant == "hybrid_la" else "auto"
+                if variant in ("ensemble", "rounds3", "la", "hybrid_la", "relabel_la"):  # the same rounds, one more
+                    first = {"hybrid_la": "hybrid", "relabel_la": "relabel"}.get(variant, "auto")
                     if first != "auto":
                         self.recipe_row(setting, seed, first)
                     for stage in ("record1", "refine1", "record2", "refine2"):
                         _share_stage(self.dir(setting, f"recipe_{first}", seed), out, stage)
-                if variant in ("disagree", "confident", "hybrid", "reset", "imprint"):  # the same first recording
+                if variant in ("disagree", "confident", "hybrid", "reset", "imprint", "relabel"):  # same record1
                     _share_stage(self.dir(setting, "recipe_auto", seed), out, "record1")
                 if variant in ("lr0", "heldout"):  # the same first round as auto / oof, another second recording
                     first = "auto" if variant == "lr0" else "oof"
@@ -578,9 +588,9 @@ def _selected_counts(out: Path, stage: str, splits: stages.Splits) -> list[int] 
     path = out / stage / "selected.csv"
     if not path.is_file():
         return None
-    ids = np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
-    labels = splits.train.labels[splits.train.positions_of(ids)]
-    return np.bincount(labels, minlength=len(splits.classes)).tolist()
+    names = [line.rsplit(",", 1)[-1] for line in path.read_text().splitlines()[1:]]  # relabelled rows as written
+    labels = splits.train.classes.index_of(names)
+    return np.bincount(labels[labels >= 0], minlength=len(splits.classes)).tolist()
 
 
 def _min_class_selected(out: Path, stage: str, splits: stages.Splits) -> int | None:
@@ -623,6 +633,8 @@ ROW_ORDER = [
     ("cleanlab_la", "cleanlab + logit adjustment (tau on the selection split)"),
     ("recipe_la", "recipe auto + logit adjustment (tau on the selection split)"),
     ("recipe_hybrid_la", "recipe hybrid + logit adjustment"),
+    ("recipe_relabel", "recipe auto + the dropped look-alikes relabelled to the class they show"),
+    ("recipe_relabel_la", "recipe auto + relabelled look-alikes + logit adjustment"),
     ("recipe_hybrid", "recipe, hybrid rule (own mixture where two modes, else confidently another class)"),
     ("recipe_ensemble", "recipe auto + 3-model ensemble"),
 ]

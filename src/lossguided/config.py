@@ -180,6 +180,8 @@ class RefineConfig:
     # after the last round: subtract tau * log(class share of the training list) from the logits, folded into the
     # classifier's bias (engine/prior.py); 'auto' picks tau on data.choose (default val); null: off
     logit_adjust: float | str | None = None
+    # also fine-tune on the dropped samples that are confidently another class, under that class (refine/apply.py)
+    relabel_confident: bool = False
 
     def __post_init__(self) -> None:
         from lossguided.refine.select import parse_band

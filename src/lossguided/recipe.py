@@ -18,7 +18,13 @@ from lossguided.config import RUNTIME_FIELDS, ConfigError, RecipeConfig, differe
 from lossguided.distributed import barrier, broadcast_object, get_info
 from lossguided.io import write_json, write_text
 from lossguided.losstable import LossTable
-from lossguided.refine.apply import select_with_info, selection_stats, write_selection
+from lossguided.refine.apply import (
+    drop_decision,
+    relabel_candidates,
+    select_with_info,
+    selection_stats,
+    write_selection,
+)
 
 log = logging.getLogger("lossguided")
 
@@ -164,8 +170,23 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 drop_confident_other=refine.drop_confident_other,
             )
             stats = selection_stats(table, ids) | info
+            new_ids = new_labels = None
+            if refine.relabel_confident:  # the dropped look-alikes come back under the class they show
+                decision = drop_decision(
+                    table,
+                    drop_loss_above=refine.drop_loss_above,
+                    drop_quantile=refine.drop_quantile,
+                    drop_disagreeing=refine.drop_disagreeing,
+                    drop_confident_other=refine.drop_confident_other,
+                )
+                new_ids, new_labels = relabel_candidates(table, decision.dropped)
+                stats |= _relabel_stats(table, new_ids, new_labels)
+                merged = np.union1d(ids, new_ids)
+                labels = table.labels[np.searchsorted(table.ids, merged)].copy()
+                labels[np.searchsorted(merged, new_ids)] = new_labels
+                ids = merged
             if get_info().is_main:
-                write_selection(table, ids, run.selected(r))
+                write_selection(table, ids, run.selected(r), labels=None if new_ids is None else labels)
             ids = broadcast_object(ids)
             log.info(
                 "stage refine%d: fine-tune on %d selected samples %s",
@@ -173,7 +194,12 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 len(ids),
                 {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)},
             )
-            sub = stages.Splits(splits.train.select_ids(np.asarray(ids)), splits.val, splits.test)
+            chosen = splits.train.select_ids(np.asarray(ids))
+            if new_ids is not None and len(new_ids):
+                relabelled = chosen.labels.copy()
+                relabelled[chosen.positions_of(new_ids)] = new_labels
+                chosen = dataclasses.replace(chosen, labels=relabelled)
+            sub = stages.Splits(chosen, splits.val, splits.test)
             stages.train(cfg, sub, out_dir=ft_dir, section="finetune", init_from=model)
             row = _finish(
                 ft_dir, _test_row(f"refine{r}", ft_dir / "best.pt", splits, cfg, {"train_samples": len(ids), **stats})
@@ -191,6 +217,28 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def _selected_labels(path: Path, train) -> np.ndarray:
+    """The label of every row of a selection CSV as written (relabelled samples under their new class); a name the
+    CSV had to escape for spreadsheets takes the manifest's label of that id."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    labels = train.classes.index_of([r[2] for r in rows])
+    unknown = labels < 0
+    if unknown.any():
+        ids = np.array([int(r[0]) for r in rows], dtype=np.int64)
+        labels[unknown] = train.labels[train.positions_of(ids[unknown])]
+    return labels
+
+
+def _relabel_stats(table: LossTable, ids: np.ndarray, labels: np.ndarray) -> dict:
+    out = {"relabelled": int(len(ids))}
+    if table.true_labels is not None and len(ids):  # benchmarks: how often the new label is the true one
+        out["relabel_precision"] = float((table.true_labels[np.searchsorted(table.ids, ids)] == labels).mean())
+    return out
+
+
 def _adjust_stage(cfg: RecipeConfig, splits: stages.Splits, run: layout.RunLayout, *, final: Path) -> dict:
     """The last round's model with tau * log prior subtracted from its logits (folded into the bias), the prior
     being the class shares of that round's training list; tau from the config or, for 'auto', the lowest mean
@@ -204,8 +252,7 @@ def _adjust_stage(cfg: RecipeConfig, splits: stages.Splits, run: layout.RunLayou
     row = _done(out)
     if row and row.get("logit_adjust") == cfg.refine.logit_adjust and row.get("from") == final.parent.name:
         return row
-    ids = np.loadtxt(final.parent / layout.SELECTED, delimiter=",", skiprows=1, usecols=0, dtype=np.int64, ndmin=1)
-    labels = splits.train.labels[splits.train.positions_of(ids)]
+    labels = _selected_labels(final.parent / layout.SELECTED, splits.train)
     k = len(splits.classes)
     prior = log_prior(np.bincount(labels, minlength=k))
     state = checkpoint.load(final)
@@ -227,7 +274,7 @@ def _adjust_stage(cfg: RecipeConfig, splits: stages.Splits, run: layout.RunLayou
         checkpoint.save(out / "best.pt", adjusted)
     barrier()
     extra = {
-        "train_samples": int(len(ids)),
+        "train_samples": int(len(labels)),
         "logit_adjust": cfg.refine.logit_adjust,
         "tau": float(tau),
         "from": final.parent.name,

@@ -62,3 +62,30 @@ def test_the_adjusted_model_predicts_the_adjusted_argmax_with_tau_chosen_on_the_
 
     again = run_recipe(cfg, out_dir=out)  # a rerun reuses the stage
     assert again["stages"][-1] == row
+
+
+def test_relabelled_samples_are_fine_tuned_under_their_new_class(tmp_path):
+    cfg = config.load(
+        "cpu-small",
+        [
+            "data.image_size=16",
+            "data.train_limit=400",
+            "data.val_per_class=5",
+            "data.noise_rate=0.4",
+            "data.workers=0",
+            "pretrain.epochs=2",
+            "finetune.epochs=1",
+            "refine.rounds=1",
+            "refine.drop_loss_above=hybrid",
+            "refine.relabel_confident=true",
+        ],
+    )
+    out = tmp_path / "run"
+    row = run_recipe(cfg, out_dir=out)["stages"][-1]
+    train = stages.load_splits(cfg.data).train
+    rows = [r.split(",") for r in (out / "refine1" / "selected.csv").read_text().splitlines()[1:]]
+    ids = np.array([int(r[0]) for r in rows])
+    written = train.classes.index_of([r[2] for r in rows])
+    changed = written != train.labels[train.positions_of(ids)]
+    assert changed.sum() == row["relabelled"] and row["train_samples"] == len(rows)
+    assert "relabel_precision" in row or row["relabelled"] == 0

@@ -175,6 +175,26 @@ def select_with_info(
     return ids, decision.info
 
 
+RELABEL_MIN_P = 0.5  # a weak model's class thresholds are low: never relabel on less than an even bet
+
+
+def relabel_candidates(table: LossTable, dropped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, new labels) of the dropped samples that are confidently another class: their recorded top-1 class is
+    not their label and reaches that class's own threshold (its mean p over the samples labelled with it, as in
+    confident learning) and at least RELABEL_MIN_P. Why: a look-alike filed under the wrong SKU is an image of the
+    right one, and a rare class needs its images back more than the head needs them gone."""
+    if table.p_label is None or table.top_classes is None:
+        raise ValueError("relabelling needs the recorded top-5 (p_label, top_classes), which this loss table lacks")
+    k = len(table.classes)
+    counts = np.bincount(table.labels, minlength=k)
+    mean_self = np.bincount(table.labels, weights=table.p_label.astype(np.float64), minlength=k)
+    thresholds = np.where(counts > 0, mean_self / np.maximum(counts, 1), np.inf)
+    top, p_top = table.top_classes[:, 0], table.top_probs[:, 0].astype(np.float64)
+    ok = np.asarray(dropped) & (top >= 0) & (top != table.labels)
+    ok &= p_top >= np.maximum(thresholds[np.clip(top, 0, k - 1)], RELABEL_MIN_P)
+    return table.ids[ok], top[ok].astype(np.int64)
+
+
 def _confident_other(table: LossTable) -> np.ndarray:
     if table.p_label is None or table.top_classes is None:
         raise ValueError(
@@ -200,19 +220,23 @@ def dropped_first(
     return drop
 
 
-def write_selection(table: LossTable, selected_ids: np.ndarray, out_csv: str | os.PathLike) -> dict:
-    """Write `id,path,label` of the selection and `<out>.summary.csv` (class, available, selected)."""
+def write_selection(
+    table: LossTable, selected_ids: np.ndarray, out_csv: str | os.PathLike, *, labels: np.ndarray | None = None
+) -> dict:
+    """Write `id,path,label` of the selection and `<out>.summary.csv` (class, available, selected); `labels` [M]
+    (class indices, in `selected_ids`' order) replaces the table's labels, for relabelled samples."""
     out_csv = Path(out_csv)
     pos = np.searchsorted(table.ids, selected_ids)
+    chosen_labels = table.labels[pos] if labels is None else np.asarray(labels)
     names = np.array([safe_cell(n) for n in table.classes.names], dtype=object)  # no cell a spreadsheet runs
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", "label"])
         paths = [csv_path(p) for p in table.paths[pos]]  # absolute: the CSV reads back from any folder
-        w.writerows(zip(table.ids[pos].tolist(), paths, names[table.labels[pos]], strict=True))
+        w.writerows(zip(table.ids[pos].tolist(), paths, names[chosen_labels], strict=True))
     k = len(table.classes)
     available = np.bincount(table.labels, minlength=k)
-    chosen = np.bincount(table.labels[pos], minlength=k)
+    chosen = np.bincount(chosen_labels, minlength=k)
     summary_path = out_csv.with_suffix(".summary.csv")
     with atomic_path(summary_path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
