@@ -33,6 +33,10 @@ DATA_FLAGS = {
     "skip_bad_images": "data.skip_bad_images",
     "confine_paths": "data.confine_paths",
 }
+STRICT_HELP = (
+    "stop instead of warning when the selection keeps under 25%% of the data, a class loses over half its images, "
+    "two noise estimates disagree, or the recording model's val error is above 0.5"
+)
 BUILTIN_DATA_FLAGS = ("data_dir", "imbalance_ratio", "noise_rate", "noise_kind", "data_seed", "train_limit")
 MODEL_FLAGS = {"model": "model.name", "pretrained": "model.pretrained", "pretrained_path": "model.pretrained_path"}
 TRAIN_FLAGS = {
@@ -251,6 +255,8 @@ def _resolve(args: argparse.Namespace, *, section: str | None = "pretrain") -> c
         value = getattr(args, dest, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "strict", None) and args.command == "run":
+        overrides["refine.strict"] = True
     overrides.update(config_mod.parse_override(o) for o in args.set)
     recipe = getattr(args, "recipe", None) or getattr(args, "preset", None)
     cfg = config_mod.load(recipe, overrides)
@@ -391,6 +397,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         per_class=args.per_class,
         drop_disagreeing=args.drop_disagreeing,
         drop_confident_other=args.drop_confident_other,
+        strict=args.strict,
     )
     print(json.dumps(summary))
     return 0
@@ -762,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on 20%% symmetric",
     )
     p.add_argument("--out", "--output", required=True, help="selected manifest (.csv)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser(
@@ -840,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, where="the recipe's; cpu-small:", defaults=config_mod.load("cpu-small"))
     _add_model(p, where="the recipe's; cpu-small:", defaults=config_mod.load("cpu-small"))
     p.add_argument("--out", "--output", required=True, help="run folder")
+    p.add_argument("--strict", action="store_true", default=None, help=STRICT_HELP + " (refine.strict)")
     p.add_argument(
         "--keep-optimizer",
         action="store_true",

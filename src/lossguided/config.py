@@ -182,6 +182,7 @@ class RefineConfig:
     logit_adjust: float | str | None = None
     # also fine-tune on the dropped samples that are confidently another class, under that class (refine/apply.py)
     relabel_confident: bool = False
+    strict: bool = False  # the selection's warnings (refine/warnings.py) stop the run instead
 
     def __post_init__(self) -> None:
         from lossguided.refine.select import parse_band

@@ -170,6 +170,7 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 drop_confident_other=refine.drop_confident_other,
             )
             stats = selection_stats(table, ids) | info
+            stats["warnings"] = _warn(cfg, table, ids, info, rows[-1].get("val_mean_top1_error"), r)
             new_ids = new_labels = None
             if refine.relabel_confident:  # the dropped look-alikes come back under the class they show
                 decision = drop_decision(
@@ -215,6 +216,20 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     if get_info().is_main:
         write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _warn(cfg: RecipeConfig, table: LossTable, ids: np.ndarray, info: dict, val_error, r: int) -> list[str]:
+    """The selection's warnings, logged (and with refine.strict an error, before the fine-tune starts)."""
+    from lossguided.refine.apply import _confident_other
+    from lossguided.refine.warnings import selection_warnings
+
+    second = _confident_other(table) if table.p_label is not None and table.top_classes is not None else None
+    warnings = selection_warnings(table, ids, info, val_error=val_error, confident_other=second)
+    if warnings and cfg.refine.strict:
+        raise ConfigError(f"refine{r}: refine.strict: {warnings[0]}")
+    for w in warnings:
+        log.warning("refine%d: %s", r, w)
+    return warnings
 
 
 def _selected_labels(path: Path, train) -> np.ndarray:

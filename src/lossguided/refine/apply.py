@@ -4,6 +4,7 @@ summary, and score the selection when the true labels are known (purity, how wel
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
 from lossguided.refine.select import select, union
 from lossguided.refine.threshold import agreeing_mask, confident_other_mask, estimate_drop_threshold
+
+log = logging.getLogger("lossguided")
 
 
 def selection_stats(table: LossTable, selected_ids: np.ndarray) -> dict:
@@ -255,8 +258,13 @@ def select_to_manifest(
     per_class: int | None = None,
     drop_disagreeing: bool = False,
     drop_confident_other: bool = False,
+    strict: bool = False,
 ) -> dict:
-    """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out."""
+    """`lossguided select`: loss table in, selected manifest + per-class summary + stats JSON out. The selection's
+    warnings (refine/warnings.py) are in the stats and logged; `strict` makes them an error before anything is
+    written."""
+    from lossguided.refine.warnings import selection_warnings
+
     table = LossTable.load(losses_path)
     try:
         ids, info = select_with_info(
@@ -270,7 +278,16 @@ def select_to_manifest(
         )
     except ValueError as e:
         raise DataError(f"{losses_path}: {e}") from None
+    second = _confident_other(table) if table.p_label is not None and table.top_classes is not None else None
+    warnings = selection_warnings(table, ids, info, confident_other=second)
+    if strict and warnings:
+        raise DataError(
+            f"{losses_path}: --strict: {warnings[0]}"
+            + (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else "")
+        )
+    for w in warnings:
+        log.warning("select: %s", w)
     files = write_selection(table, ids, out_csv)
-    stats = selection_stats(table, ids) | info | files
+    stats = selection_stats(table, ids) | info | files | {"warnings": warnings}
     write_json(Path(out_csv).with_suffix(".stats.json"), stats)
     return stats
