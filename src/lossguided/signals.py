@@ -5,6 +5,7 @@ a requeued rerun resumes at that step."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -18,10 +19,23 @@ class Preempted(RuntimeError):
     """A stop was requested (SIGTERM); what was done so far is saved and a rerun resumes it."""
 
 
+_at_fork: list[bool] = []
+
+
 def install() -> None:
-    """Make SIGTERM set the stop flag instead of ending the process (main thread only; a no-op elsewhere)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_signal)
+    """Make SIGTERM set the stop flag instead of ending the process (main thread only; a no-op elsewhere). A
+    forked child (a DataLoader worker, a multiprocessing pool's process) gets the default back: a pool that ends
+    its workers with SIGTERM must see them go, not raise inside them while they hold a lock."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _on_signal)
+    if not _at_fork:
+        os.register_at_fork(after_in_child=_default_in_child)
+        _at_fork.append(True)
+
+
+def _default_in_child() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 _polling: list[bool] = []  # non-empty while a trainer polls the flag at its step boundaries

@@ -29,3 +29,16 @@ def test_while_polling_it_only_sets_the_flag():
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 0)
         assert signals.stop_requested()
+
+
+def test_a_forked_child_ends_on_sigterm_as_usual():
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the default disposition, so SIGTERM ends it
+        os.write(ready_w, b"x")
+        signal.pause()
+        os._exit(0)
+    os.read(ready_r, 1)  # the child runs (its disposition was reset at the fork)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
