@@ -32,7 +32,13 @@ def image_csv(tmp_path: Path) -> Path:
     return path
 
 
+SLOW_DIRS = ("distributed", "integration")  # end-to-end training runs; `pytest -m "not slow"` is the fast path
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f"/tests/{d}/" in str(item.fspath) for d in SLOW_DIRS):
+            item.add_marker(pytest.mark.slow)
     if not FMNIST.is_file():
         skip = pytest.mark.skip(reason=f"{FMNIST} missing: run `make data`")
         for item in items:
