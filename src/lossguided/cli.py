@@ -482,6 +482,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _resolve(args, section=None)
     metrics = run_recipe(cfg, out_dir=Path(args.out))
     print(format_table(metrics))
+    if "ship" in metrics:
+        print(metrics["ship"]["verdict"])
     if _is_main():
         freed = 0 if args.keep_optimizer else checkpoint.slim_finished_stages(args.out)
         used = layout.format_bytes(layout.disk_use(args.out))

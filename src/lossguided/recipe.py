@@ -213,9 +213,39 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
     if cfg.ensemble.seeds and cfg.refine.rounds >= 1:
         rows.append(_ensemble_stage(cfg, splits, out_dir, start_model=start_model, final=model))
     metrics = {"stages": rows}
+    ship = verdict(rows, n_val=len(splits.val) if splits.val is not None else 0)
+    if ship is not None:
+        metrics["ship"] = ship
+        log.info("%s", ship["verdict"])
     if get_info().is_main:
         write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def verdict(rows: list[dict], *, n_val: int) -> dict | None:
+    """Which checkpoint to ship and what refinement did, read on val: the stage of the lowest val mean top-1 error
+    (a tie keeps the earlier, cheaper one), and the last stage's change from the pre-training with a standard
+    error (binomial, unpaired: an approximation that overstates it a little). None without val errors. An ensemble
+    row has no single checkpoint: it is reported, the best single model is shipped."""
+    scored = [r for r in rows if r.get("val_mean_top1_error") is not None and r.get("checkpoint")]
+    if not scored or n_val == 0:
+        return None
+    best = min(scored, key=lambda r: r["val_mean_top1_error"])  # min keeps the first of equals
+    first, last = scored[0]["val_mean_top1_error"], scored[-1]["val_mean_top1_error"]
+    se = ((first * (1 - first) + last * (1 - last)) / n_val) ** 0.5
+    change = last - first
+    text = (
+        f"refinement changed val error by {change:+.4f} (+- {se:.4f}, {scored[0]['name']} -> {scored[-1]['name']}); "
+        f"ship {best['checkpoint']} (val mean top-1 error {best['val_mean_top1_error']:.4f})"
+    )
+    return {
+        "stage": best["name"],
+        "checkpoint": best["checkpoint"],
+        "val_mean_top1_error": best["val_mean_top1_error"],
+        "val_change": change,
+        "val_change_se": se,
+        "verdict": text,
+    }
 
 
 def _warn(cfg: RecipeConfig, table: LossTable, ids: np.ndarray, info: dict, val_error, r: int) -> list[str]:

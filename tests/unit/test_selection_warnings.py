@@ -58,3 +58,21 @@ def test_select_warns_or_with_strict_stops_before_writing(tmp_path, capsys, stri
     else:
         assert rc == 0 and out.exists()
         assert "the selection keeps 7% of the data" in caplog.text
+
+
+def test_the_verdict_ships_the_best_stage_on_val_and_says_what_refinement_did():
+    from lossguided.recipe import verdict
+
+    rows = [
+        {"name": "pretrain", "checkpoint": "pretrain/best.pt", "val_mean_top1_error": 0.30},
+        {"name": "refine1", "checkpoint": "refine1/best.pt", "val_mean_top1_error": 0.25},
+        {"name": "refine2", "checkpoint": "refine2/best.pt", "val_mean_top1_error": 0.27},
+    ]
+    v = verdict(rows, n_val=1000)
+    assert v["checkpoint"] == "refine1/best.pt" and v["val_change"] == pytest.approx(-0.03)
+    assert v["val_change_se"] == pytest.approx(((0.3 * 0.7 + 0.27 * 0.73) / 1000) ** 0.5)
+    assert v["verdict"].startswith("refinement changed val error by -0.0300 (+- 0.0202")
+    assert "ship refine1/best.pt" in v["verdict"]
+    worse = [rows[0], {**rows[1], "val_mean_top1_error": 0.31}]
+    assert verdict(worse, n_val=1000)["checkpoint"] == "pretrain/best.pt"  # refinement did not help: ship stage 1
+    assert verdict(rows, n_val=0) is None
