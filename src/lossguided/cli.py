@@ -745,11 +745,17 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest (id,path,label) and OUT.summary.csv with per-class counts.",
     )
     p.add_argument("losses", help="loss table (.npz) from `lossguided losses`")
-    p.add_argument("--bands", nargs="+", default=["1-5"], help="rank bands united: 1-5 6-10 11-15 median, or a-b")
+    refine = config_mod.load("cpu-small").refine  # the default recipe's rule, not the paper's 5 a class
+    p.add_argument(
+        "--bands",
+        nargs="+",
+        default=list(refine.bands),
+        help="rank bands united: 1-5 6-10 11-15 median, or a-b (the paper: 1-5 with --drop-loss-above 9)",
+    )
     p.add_argument(
         "--drop-loss-above",
         type=_threshold_arg,
-        default=9.0,
+        default=refine.drop_loss_above,
         help="nats (paper: 9), or 'auto': a threshold per class from a two-component mixture of the "
         "losses, no true labels needed, or 'hybrid': that mixture only in classes whose losses show two modes, and "
         "elsewhere only what is confidently another class (needs the recorded top-5)",
