@@ -28,6 +28,7 @@ __all__ = ["AutoThreshold", "estimate_drop_threshold"]
 
 _LOG_FLOOR = 1e-4  # losses below this are one population (perfectly fitted); the floor keeps log finite
 _ITERS = 100
+_TOL = 1e-9  # EM stops once no group's means move more than this (log-nats) in an iteration
 
 
 @dataclass(frozen=True)
@@ -148,16 +149,24 @@ def _fit(x: np.ndarray, group: np.ndarray, g: int, *, init: _Mixture | None = No
         var = np.repeat(init.var, g, axis=0)
         weight = np.repeat(init.weight, g, axis=0)
     floor = np.maximum(var_all * 1e-3, 1e-6)[:, None]
+    total_x, total_xx = mean_all * n, np.bincount(group, weights=x * x, minlength=g)
+    xx = x * x
     for _ in range(_ITERS):
         resp = _responsibility(x, group, weight, mean, var)  # [N] posterior of component 1
-        r = np.stack([1 - resp, resp], axis=1)
-        mass = np.stack([np.bincount(group, weights=r[:, j], minlength=g) for j in range(2)], axis=1)
-        sums = np.stack([np.bincount(group, weights=r[:, j] * x, minlength=g) for j in range(2)], axis=1)
-        sq = np.stack([np.bincount(group, weights=r[:, j] * x * x, minlength=g) for j in range(2)], axis=1)
+        # component 1's sums by bincount, component 0's as the group totals minus them: half the passes over N
+        m1 = np.bincount(group, weights=resp, minlength=g)
+        s1 = np.bincount(group, weights=resp * x, minlength=g)
+        q1 = np.bincount(group, weights=resp * xx, minlength=g)
+        mass = np.stack([np.maximum(n - m1, 0.0), m1], axis=1)
+        sums = np.stack([total_x - s1, s1], axis=1)
+        sq = np.stack([np.maximum(total_xx - q1, 0.0), q1], axis=1)
         m = np.maximum(mass, 1e-9)
         new_mean = np.where(mass > 1e-6, sums / m, mean)
         var = np.maximum(np.where(mass > 1e-6, sq / m - new_mean**2, var), floor)
+        moved = np.abs(new_mean - mean).max(initial=0.0)
         mean, weight = new_mean, mass / safe_n[:, None]
+        if moved < _TOL:  # converged: every group's means stopped moving
+            break
     order = np.argsort(mean, axis=1)
     take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return _Mixture(take(weight), take(mean), take(var))
@@ -179,16 +188,17 @@ def _fit_eligible(x: np.ndarray, labels: np.ndarray, eligible: np.ndarray, *, in
     return out
 
 
-def _log_density(x: np.ndarray, w: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(w) - 0.5 * np.log(2 * np.pi * var) - 0.5 * (x - mean) ** 2 / var
-
-
 def _responsibility(x, group, weight, mean, var) -> np.ndarray:
-    a = _log_density(x, weight[group, 0], mean[group, 0], var[group, 0])
-    b = _log_density(x, weight[group, 1], mean[group, 1], var[group, 1])
+    """[N] posterior of component 1: the log-odds b - a is a quadratic in x per group, so three gathers of its
+    coefficients replace six of the components' parameters."""
+    with np.errstate(divide="ignore"):
+        c = np.log(weight) - 0.5 * np.log(2 * np.pi * var) - 0.5 * mean**2 / var  # [G, 2]
+    coef_a = -0.5 / var[:, 1] + 0.5 / var[:, 0]
+    coef_b = mean[:, 1] / var[:, 1] - mean[:, 0] / var[:, 0]
+    coef_c = c[:, 1] - c[:, 0]
     with np.errstate(over="ignore", invalid="ignore"):
-        p = 1.0 / (1.0 + np.exp(a - b))
+        odds = (coef_a[group] * x + coef_b[group]) * x + coef_c[group]
+        p = 1.0 / (1.0 + np.exp(-odds))
     return np.nan_to_num(p, nan=0.5)
 
 
