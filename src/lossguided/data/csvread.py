@@ -150,7 +150,7 @@ def _parse_fast(path: Path, data: np.ndarray, digest: str) -> CsvColumns | None:
     starts, ends = starts[keep], ends[keep]
     if not len(starts):
         raise CsvError(f"{path}: row 1: missing column(s) {list(COLUMNS)}; the header must have path,label[,id]")
-    header = data[starts[0] : ends[0]].tobytes().decode("utf-8").split(",")
+    header = canonical_header(data[starts[0] : ends[0]].tobytes().decode("utf-8").split(","))
     _check_header(path, header)
     starts, ends = starts[1:], ends[1:]
     n, k = len(starts), len(header)
@@ -271,10 +271,33 @@ def _int_id(path: Path, text: str, row: int) -> int:
     return value
 
 
+ALIASES = {  # other tools' names for the two columns (case and spaces ignored)
+    "path": ("file", "filepath", "file_path", "filename", "image", "image_path", "img"),
+    "label": ("class", "category", "sku", "target", "class_name"),
+}
+
+
+def canonical_header(header: list[str]) -> list[str]:
+    """The header with an alias renamed to `path` or `label` where the column itself is missing and exactly one
+    alias is there (`file,class` reads as `path,label`); everything else unchanged."""
+    out = list(header)
+    stripped = [h.strip().lower() for h in header]
+    for column, aliases in ALIASES.items():
+        if column in out:
+            continue
+        found = [i for i, h in enumerate(stripped) if h in aliases]
+        if len(found) == 1:
+            out[found[0]] = column
+    return out
+
+
 def _check_header(path: Path, header: list[str]) -> None:
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise CsvError(f"{path}: row 1: missing column(s) {missing}; the header must have path,label[,id]")
+        raise CsvError(
+            f"{path}: row 1: missing column(s) {missing}; the header must have path,label[,id] (or an alias: "
+            "file/filepath/image for path, class/category/sku for label)"
+        )
 
 
 def _empty(digest: str, has_id: bool) -> CsvColumns:
@@ -291,7 +314,7 @@ def _parse_csv_module(path: Path, digest: str) -> CsvColumns:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
-            header = next(reader, [])
+            header = canonical_header(next(reader, []))
         except csv.Error as e:
             raise CsvError(f"{path}: row 1: {e}") from None
         _check_header(path, header)
