@@ -58,6 +58,19 @@ def _start(args):
     )
 
 
+def _reference(tmp_path, image_csv, capsys):
+    """The uninterrupted run, in this process with the subprocess's thread count (float sums depend on it)."""
+    ref = tmp_path / "reference"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(image_csv, ref)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    return ref
+
+
 def _metrics(path):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
@@ -106,15 +119,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, image_
     assert f"resumed from {out / 'last.pt'} at epoch {killed_at}" in stderr
     assert sorted(p.name for p in out.glob(".*.tmp")) == []
 
-    # the uninterrupted reference, in this process with the subprocess's thread count (float sums depend on it)
-    ref = tmp_path / "reference"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(_args(image_csv, ref)) == 0
-    finally:
-        torch.set_num_threads(threads)
-    capsys.readouterr()
+    ref = _reference(tmp_path, image_csv, capsys)
 
     assert _metrics(out / "metrics.jsonl") == _metrics(ref / "metrics.jsonl")
     assert [r["epoch"] for r in _metrics(out / "metrics.jsonl")] == list(range(1, EPOCHS + 1))
@@ -171,14 +176,7 @@ def test_sigterm_saves_at_the_next_step_and_a_rerun_equals_an_uninterrupted_run(
     _, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr[-3000:]
 
-    ref = tmp_path / "reference"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(_args(image_csv, ref)) == 0
-    finally:
-        torch.set_num_threads(threads)
-    capsys.readouterr()
+    ref = _reference(tmp_path, image_csv, capsys)
     assert _metrics(out / "metrics.jsonl") == _metrics(ref / "metrics.jsonl")
     got, want = checkpoint.load(out / "last.pt"), checkpoint.load(ref / "last.pt")
     for k, v in want["model"].items():

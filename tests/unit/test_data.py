@@ -89,7 +89,7 @@ def test_fashion_mnist_splits_are_disjoint_long_tailed_and_noisy():
 # -- bad input: one clear line naming the file and row ---------------------------------------------------------
 def test_missing_columns(tmp_path):
     p = tmp_path / "m.csv"
-    p.write_text("file,class\na.jpg,1\n")
+    p.write_text("picture,kind\na.jpg,1\n")  # neither the columns nor an alias of theirs
     with pytest.raises(DataError, match=r"m.csv: row 1: missing column\(s\) \['path', 'label'\]"):
         read_csv(p)
 

@@ -121,25 +121,16 @@ def load(split: str, options: FashionMnistOptions = FashionMnistOptions()) -> Ma
     n_val, n_sel = options.val_per_class, options.select_per_class
     val_idx = np.sort(np.concatenate([p[:n_val] for p in perms]))
     select_idx = np.sort(np.concatenate([p[n_val : n_val + n_sel] for p in perms]))
-    if split == "select":
-        true = labels[select_idx]
+    if split in ("val", "select"):  # clean, balanced hold-outs (val noisy too with noisy_val)
+        idx = val_idx if split == "val" else select_idx
+        true = labels[idx]
+        noisy_val = split == "val" and options.noisy_val
         return Manifest(
-            ids=select_idx,
-            labels=true,
+            ids=idx,
+            labels=_noisy(true, options, seed=options.seed + 4) if noisy_val else true,
             classes=classes,
-            source=NAME + ":select",
-            storage=Storage.arrays(images[select_idx]),
-            true_labels=true,
-        )
-    if split == "val":
-        true = labels[val_idx]
-        given = _noisy(true, options, seed=options.seed + 4) if options.noisy_val else true
-        return Manifest(
-            ids=val_idx,
-            labels=given,
-            classes=classes,
-            source=NAME + ":val",
-            storage=Storage.arrays(images[val_idx]),
+            source=f"{NAME}:{split}",
+            storage=Storage.arrays(images[idx]),
             true_labels=true,
         )
     pool = np.setdiff1d(np.arange(len(labels)), np.concatenate([val_idx, select_idx]))
