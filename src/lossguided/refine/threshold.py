@@ -28,6 +28,7 @@ __all__ = ["AutoThreshold", "estimate_drop_threshold"]
 
 _LOG_FLOOR = 1e-4  # losses below this are one population (perfectly fitted); the floor keeps log finite
 _ITERS = 100
+_GLOBAL_SAMPLE = 200_000  # the global fit (an init and the fallback) reads a seeded sample of at most this many
 _TOL = 1e-9  # EM stops once no group's means move more than this (log-nats) in an iteration
 
 
@@ -101,7 +102,8 @@ def estimate_drop_threshold(
     k = int(num_classes if num_classes is not None else (labels.max() + 1 if labels.size else 0))
     x = np.log(np.maximum(losses, _LOG_FLOOR))
 
-    glob = _fit(x, np.zeros(x.size, dtype=np.int64), 1)
+    sample = x if x.size <= _GLOBAL_SAMPLE else np.random.default_rng(0).choice(x, _GLOBAL_SAMPLE, replace=False)
+    glob = _fit(sample, np.zeros(sample.size, dtype=np.int64), 1)
     global_t = float(_threshold(glob)[0]) if _separated(glob, min_separation)[0] else np.inf
     counts = np.bincount(labels, minlength=k)
     per = _fit_eligible(x, labels, counts >= min_fit, init=glob)
