@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lossguided.cache import cache_root
 from lossguided.data.strings import StringColumn, gather
 
 CACHE_VERSION = 1
@@ -375,15 +376,6 @@ def _parse_csv_module(path: Path, digest: str) -> CsvColumns:
 
 
 # -- the cache -------------------------------------------------------------------------------------------------------
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path | None:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("LOSSGUIDED_CACHE", "")
-    if env.lower() in ("off", "0", "none", "false"):
-        return None
-    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
-
-
 def _cache_folder(digest: str, size: int, cache_dir: str | os.PathLike | None) -> Path | None:
     root = cache_root(cache_dir)
     if root is None or (cache_dir is None and size < CACHE_MIN_BYTES):

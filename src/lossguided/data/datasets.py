@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lossguided.cache import cache_root
 from lossguided.data.decode import BAD_IMAGE_ERRORS, UnreadableImageError, verify_image
 from lossguided.data.decode import decode_image as _decode_image
 from lossguided.data.manifest import DataError, Manifest, one_line_message
@@ -197,9 +198,8 @@ def _cache_file(paths: list[str], cache_dir: str | os.PathLike | None) -> Path |
         except OSError:
             return None
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    root = cache_dir or os.environ.get("LOSSGUIDED_CACHE")
-    root = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
-    return root / "image-checks" / f"{h.hexdigest()}.json"
+    root = cache_root(cache_dir)
+    return None if root is None else root / "image-checks" / f"{h.hexdigest()}.json"
 
 
 def _remember(cache: Path | None, n: int, bad: list[BadImage]) -> None:

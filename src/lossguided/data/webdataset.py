@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lossguided.cache import cache_root
 from lossguided.data.decode import UnreadableImageError, decode_bytes, resize_uint8, to_rgb
 from lossguided.data.manifest import ClassMap, DataError, Manifest
 from lossguided.data.storage import Storage
@@ -97,14 +98,13 @@ def shard_paths(spec: str | os.PathLike) -> list[Path]:
 
 
 # -- the offsets index ------------------------------------------------------------------------------------------
-def _cache_root() -> Path:
-    root = os.environ.get("LOSSGUIDED_CACHE")
-    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lossguided"
-
-
 def _index_paths(shard: Path) -> list[Path]:
+    """Where a shard's index is cached: beside it, else under the cache folder; none when caching is off."""
+    root = cache_root()
+    if root is None:
+        return []
     digest = hashlib.sha1(str(shard.resolve()).encode()).hexdigest()[:20]
-    return [shard.parent / f".{shard.name}.idx.npz", _cache_root() / "wds-index" / f"{digest}.npz"]
+    return [shard.parent / f".{shard.name}.idx.npz", root / "wds-index" / f"{digest}.npz"]
 
 
 def _stamp(shard: Path) -> np.ndarray:
