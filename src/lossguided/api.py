@@ -90,15 +90,17 @@ def record_losses(
     classes: ClassMap | Sequence[str] | None = None,
     paths: Mapping[int, str] | None = None,
     device: Any = None,
+    normalization: tuple | None = None,
 ) -> Any:
     """Each sample's cross-entropy under `model` (eval mode, no weight update), as a `LossTable` that `select`,
     `rank_suspects` and `lossguided suspects/select` take.
 
     `loader` yields batches that carry ids: `(images, labels, ids)` tuples, or mappings with `image`/`input`,
     `label`/`target` and `id`/`index` keys; labels are class indices. A sample seen twice (a padded sampler) is
-    averaged. uint8 images (the package's own datasets, `image_dataset`) are normalized as in training; float
-    images go to the model as they are. The table also keeps each sample's probability of its given label and its
-    five most likely classes.
+    averaged. uint8 images (the package's own datasets, `image_dataset`) are normalized with `normalization`
+    ((mean, std) on 0-255), by default the statistics of the model's own pretrained config in timm (the paper's
+    where it has none); float images go to the model as they are. The table also keeps each sample's probability
+    of its given label and its five most likely classes.
     `manifest` (the samples' manifest) names the classes and the images; without it, `classes` names the classes
     (default `0..K-1`) and `paths` maps ids to image paths, for the report and suspects.
     """
@@ -112,7 +114,8 @@ def record_losses(
     from lossguided.losstable import LossTable
 
     device = torch.device(device) if device is not None else _model_device(model)
-    normalize = BatchTransform().to(device).eval()
+    mean, std = normalization if normalization is not None else _model_normalization(model)
+    normalize = BatchTransform(mean=mean, std=std).to(device).eval()
     was_training = model.training
     model.eval()
     sums: dict[str, list] = {"ids": [], "losses": [], "labels": [], "top": [], "probs": [], "p_label": []}
@@ -159,6 +162,30 @@ def record_losses(
     }
     known = {f.name for f in dataclasses.fields(LossTable)}
     return LossTable(**cols, **{key: v for key, v in extra.items() if key in known})
+
+
+def _model_normalization(model: Any) -> tuple:
+    """(mean, std) on 0-255 that the model's timm pretrained config names, else the paper's."""
+    from lossguided.data.transforms import PAPER_MEAN, PAPER_STD
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is not None and std is not None and len(mean) == 3 and len(std) == 3:
+        return tuple(255.0 * m for m in mean), tuple(255.0 * v for v in std)
+    return PAPER_MEAN, PAPER_STD
+
+
+def _logging_on() -> None:
+    """Stage lines and tables on stderr for a caller who set up no logging; quiet once the caller configures any."""
+    import logging
+
+    root, ours = logging.getLogger(), logging.getLogger("lossguided")
+    if root.handlers or ours.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
 
 
 def _model_device(model: Any) -> Any:
@@ -265,7 +292,8 @@ def run_recipe(
 ) -> dict:
     """Run (or resume) pre-train, record, select and fine-tune into `out_dir`; returns the stages table
     (`{"stages": [...]}`, also in OUT/metrics.json). `recipe` is a shipped name, a YAML path or a `RecipeConfig`;
-    `overrides` are nested (`{"pretrain": {"epochs": 1}}`) or dotted (`["pretrain.epochs=1"]`)."""
+    `overrides` are nested (`{"pretrain": {"epochs": 1}}`) or dotted (`["pretrain.epochs=1"]`). It logs its
+    stage lines, epochs and the final table on stderr unless the caller has configured logging."""
     from lossguided import config
     from lossguided.engine import checkpoint
     from lossguided.recipe import run_recipe as _run
@@ -275,7 +303,13 @@ def run_recipe(
         cfg = config.merge(recipe, dict(items))
     else:
         cfg = config.load(recipe, overrides if isinstance(overrides, Mapping) else list(overrides or []))
+    _logging_on()
     metrics = _run(cfg, out_dir=out_dir)
     if not keep_optimizer:
         checkpoint.slim_finished_stages(out_dir)
+    import logging
+
+    from lossguided.recipe import format_table
+
+    logging.getLogger("lossguided").info("%s", format_table(metrics))
     return metrics

@@ -69,3 +69,33 @@ def test_record_losses_of_any_model_and_loader_then_select_and_rank():
     assert not set(keep.tolist()) & {4, 17, 23} and len(keep) == 15
     with pytest.raises(ValueError, match="cannot tie losses to samples"):
         lossguided.record_losses(Fixed(), [(x, labels)])
+
+
+def test_record_losses_normalizes_with_the_models_own_statistics():
+    import timm
+
+    from lossguided.api import _model_normalization
+    from lossguided.data.transforms import PAPER_MEAN
+
+    model = timm.create_model("efficientnet_lite0", num_classes=3)
+    mean, std = _model_normalization(model)
+    assert mean == pytest.approx((123.675, 116.28, 103.53)) and std == pytest.approx((58.395, 57.12, 57.375))
+    assert _model_normalization(object())[0] == PAPER_MEAN  # a model without a timm config: the paper's
+
+
+def test_the_api_logs_unless_the_caller_configured_logging(monkeypatch):
+    import logging
+
+    from lossguided.api import _logging_on
+
+    ours = logging.getLogger("lossguided")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(ours, "handlers", [])
+    _logging_on()
+    assert len(ours.handlers) == 1 and ours.level == logging.INFO
+    _logging_on()
+    assert len(ours.handlers) == 1  # once
+    monkeypatch.setattr(ours, "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # the caller's own set-up
+    _logging_on()
+    assert ours.handlers == []
