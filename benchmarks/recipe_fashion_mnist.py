@@ -236,6 +236,13 @@ class Bench:
             "la": {"refine.drop_loss_above": "auto", "refine.logit_adjust": "auto", "data.choose": CHOOSE},
             "hybrid_la": {"refine.drop_loss_above": "hybrid", "refine.logit_adjust": "auto", "data.choose": CHOOSE},
             "relabel": {"refine.drop_loss_above": "auto", "refine.relabel_confident": True},
+            "heldout_la": {
+                "refine.drop_loss_above": "auto",
+                "record.folds": 2,
+                "record.later_rounds_lr": 0.0,
+                "refine.logit_adjust": "auto",
+                "data.choose": CHOOSE,
+            },
             "relabel_la": {
                 "refine.drop_loss_above": "auto",
                 "refine.relabel_confident": True,
@@ -251,8 +258,10 @@ class Bench:
                 self.recipe_row(setting, seed, "auto")
                 self.pretrained(setting, seed)
                 _share_stage(self.dir(setting, "recipe_auto", seed), out, "pretrain")
-                if variant in ("ensemble", "rounds3", "la", "hybrid_la", "relabel_la"):  # the same rounds, one more
-                    first = {"hybrid_la": "hybrid", "relabel_la": "relabel"}.get(variant, "auto")
+                if variant in ("ensemble", "rounds3", "la", "hybrid_la", "relabel_la", "heldout_la"):  # +1 step
+                    first = {"hybrid_la": "hybrid", "relabel_la": "relabel", "heldout_la": "heldout"}.get(
+                        variant, "auto"
+                    )
                     if first != "auto":
                         self.recipe_row(setting, seed, first)
                     for stage in ("record1", "refine1", "record2", "refine2"):
@@ -633,6 +642,7 @@ ROW_ORDER = [
     ("cleanlab_la", "cleanlab + logit adjustment (tau on the selection split)"),
     ("recipe_la", "recipe auto + logit adjustment (tau on the selection split)"),
     ("recipe_hybrid_la", "recipe hybrid + logit adjustment"),
+    ("recipe_heldout_la", "recipe auto, out-of-fold first recording + second without updates + logit adjustment"),
     ("recipe_relabel", "recipe auto + the dropped look-alikes relabelled to the class they show"),
     ("recipe_relabel_la", "recipe auto + relabelled look-alikes + logit adjustment"),
     ("recipe_hybrid", "recipe, hybrid rule (own mixture where two modes, else confidently another class)"),
