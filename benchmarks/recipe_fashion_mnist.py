@@ -763,21 +763,18 @@ def _final_pred(p: dict, split: str) -> np.ndarray:
 
 def paired_bootstrap(labels: np.ndarray, wrong_a: np.ndarray, wrong_b: np.ndarray, *, draws: int = 2000, seed: int = 0):
     """Mean per-class error of a minus b, and a 95% interval from resampling the images within each class."""
-    rng = np.random.default_rng(seed)
     k = int(labels.max()) + 1
-    by_class = [np.flatnonzero(labels == c) for c in range(k)]
     diff = wrong_a.astype(float) - wrong_b.astype(float)
-    point = float(np.mean([diff[i].mean() for i in by_class]))
-    boots = np.empty(draws)
-    for d in range(draws):
-        boots[d] = np.mean([diff[rng.choice(i, len(i))].mean() for i in by_class])
+    point = float(np.mean([diff[labels == c].mean() for c in range(k)]))
+    (boots,) = _bootstrap_draws(labels, wrong_a, wrong_b, draws=draws, seed=seed)
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return point, float(lo), float(hi)
 
 
-def paired_lines(results: Path, setting: str, a: str, b: str) -> list[str]:
-    """Per seed: a - b on the selection split and on test (mean per-class error), with paired bootstrap intervals."""
-    lines = []
+def paired_lines(results: Path, setting: str, a: str, b: str, *, draws: int = 2000) -> list[str]:
+    """Per seed: a - b on the selection split and on test (mean per-class error), with paired bootstrap intervals;
+    with two seeds or more, the mean over seeds with an interval that resamples each seed's images apart."""
+    lines, pooled = [], {"select": [], "test": []}
     for seed in range(10):
         pa, pb = _preds(results, setting, a, seed), _preds(results, setting, b, seed)
         if pa is None or pb is None:
@@ -787,9 +784,26 @@ def paired_lines(results: Path, setting: str, a: str, b: str) -> list[str]:
             labels = pa[f"{split}_labels"]
             wa, wb = _final_pred(pa, split) != labels, _final_pred(pb, split) != labels
             d, lo, hi = paired_bootstrap(labels, wa, wb, seed=seed)
-            parts.append(f"{split} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            pooled[split].append(_bootstrap_draws(labels, wa, wb, draws=draws, seed=seed) + (d,))
+            parts.append(f"{split} {d:+.5f} [{lo:+.5f}, {hi:+.5f}]")
         lines.append(f"{setting} seed {seed}: {a} - {b}: " + "; ".join(parts))
+    if len(pooled["select"]) >= 2:
+        parts = []
+        for split, per_seed in pooled.items():
+            mean = float(np.mean([d for *_, d in per_seed]))
+            boots = np.mean([b for b, _ in per_seed], axis=0)
+            lo, hi = np.quantile(boots, [0.025, 0.975])
+            signs = sum(d < 0 for *_, d in per_seed)
+            parts.append(f"{split} {mean:+.5f} [{lo:+.5f}, {hi:+.5f}] ({signs} of {len(per_seed)} seeds below 0)")
+        lines.append(f"{setting} {len(pooled['select'])} seeds: {a} - {b}: " + "; ".join(parts))
     return lines
+
+
+def _bootstrap_draws(labels, wrong_a, wrong_b, *, draws: int, seed: int) -> tuple[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+    diff = wrong_a.astype(float) - wrong_b.astype(float)
+    return (np.array([np.mean([diff[rng.choice(i, len(i))].mean() for i in by_class]) for _ in range(draws)]),)
 
 
 def logit_adjusted(p: dict) -> dict | None:
