@@ -4,6 +4,7 @@ reads the quoted cells back exactly."""
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_suspects_csv_is_safe_and_relabel_reads_it_back(tmp_path):
         w.writerows(rows)
     corrections = read_corrections(tmp_path / "fixed.csv")
     names = np.array(table.classes.names, dtype=object)
-    assert {i: c for i, (_, c, _) in corrections.items()} == {
+    assert {i: c for i, (_, c, *_) in corrections.items()} == {
         int(i): names[p] for i, p in zip(table.ids, table.preds, strict=True)
     }
     manifest = Manifest(
@@ -71,7 +72,7 @@ def test_suspects_csv_is_safe_and_relabel_reads_it_back(tmp_path):
         labels=table.labels,
         classes=table.classes,
         source="m.csv",
-        storage=Storage.files(np.array([str(tmp_path / f"{i}.png") for i in table.ids], dtype=object)),
+        storage=Storage.files(np.array([os.path.abspath(p) for p in table.paths], dtype=object)),  # the same images
     )
     summary = relabel_manifest(manifest, tmp_path / "fixed.csv", tmp_path / "relabelled.csv")
     assert summary["relabelled"] == 6  # the labels matched exactly: no 'not a class' error, no wrong-manifest error

@@ -118,6 +118,10 @@ def test_relabel_applies_drop_relabel_and_keep(manifest_and_suspects, image_csv,
         (lambda r: r[2].update(id="x1"), r"suspects\.csv: row 4: id 'x1' is not an integer"),
         (lambda r: r[4].update(id=r[0]["id"]), r"suspects\.csv: row 6: id 5 again \(first on row 2\)"),
         (lambda r: r[0].update(label="SKU-Z"), r"suspects\.csv: row 2: id 5 has label .* not 'SKU-Z'"),
+        (  # the manifest's rows were reordered since: the id now names another image
+            lambda r: r[1].update(path=r[2]["path"]),
+            r"suspects\.csv: row 3: id \d+ is .*\.(png|jpg) in .*, not .*: corrections made for another manifest",
+        ),
     ],
 )
 def test_bad_corrections_name_file_and_row(manifest_and_suspects, tmp_path, edit, message):

@@ -79,8 +79,9 @@ def write_suspects(
 
 
 # -- relabel ----------------------------------------------------------------------------------------------------
-def read_corrections(path: str | os.PathLike) -> dict[int, tuple[int, str, str | None]]:
-    """id -> (CSV row, corrected label or '' or DROP, the label the file says the sample had, if it has `label`)."""
+def read_corrections(path: str | os.PathLike) -> dict[int, tuple[int, str, str | None, str | None]]:
+    """id -> (CSV row, corrected label or '' or DROP, the label the file says the sample had, if it has `label`,
+    the sample's path, if it has `path`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: corrections file not found")
@@ -103,8 +104,19 @@ def read_corrections(path: str | os.PathLike) -> dict[int, tuple[int, str, str |
                 raise DataError(f"{path}: row {row}: id {sample_id} again (first on row {out[sample_id][0]})")
             given = rec.get("label")
             corrected = unsafe_cell((rec.get("corrected_label") or "").strip())
-            out[sample_id] = (row, corrected, unsafe_cell(given.strip()) if given else None)
+            where = (rec.get("path") or "").strip()
+            out[sample_id] = (row, corrected, unsafe_cell(given.strip()) if given else None, unsafe_cell(where) or None)
     return out
+
+
+def _same_path(a: str, b: str) -> bool:
+    """The same file, however the two CSVs spell it (relative to different folders, or absolute)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def relabel_manifest(
@@ -127,10 +139,16 @@ def relabel_manifest(
     pos_of = {int(i): p for p, i in enumerate(manifest.ids)}
     keep = np.ones(len(manifest), dtype=bool)
     relabelled, new_classes = 0, set()
-    for sample_id, (row, corrected, given) in corrections.items():
+    paths = manifest.paths
+    for sample_id, (row, corrected, given, where) in corrections.items():
         p = pos_of.get(sample_id)
         if p is None:
             raise DataError(f"{corrections_csv}: row {row}: id {sample_id} is not in {manifest.source}")
+        if where is not None and paths is not None and not _same_path(where, paths[p]):
+            raise DataError(
+                f"{corrections_csv}: row {row}: id {sample_id} is {paths[p]} in {manifest.source}, not {where}: "
+                "corrections made for another manifest (rows reordered?)"
+            )
         if given is not None and given != label_names[p]:
             raise DataError(
                 f"{corrections_csv}: row {row}: id {sample_id} has label {label_names[p]!r} in "
