@@ -124,11 +124,13 @@ class LossTable:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: loss table not found")
+        _check_inflation(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 cols = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: not a readable loss table ({e})") from None
+        _check_kinds(path, cols)
         if "id" not in cols and {"id_first", "id_gap"} <= set(cols):  # stored as the first id and the gaps
             cols["id"] = np.concatenate([cols["id_first"], cols["id_gap"]]).astype(np.int64).cumsum()
         if "pred" not in cols and "top_classes" in cols:  # stored once, as the top-1 class
@@ -159,6 +161,13 @@ class LossTable:
                 f"{path}: labels must be class indices in [0, {k}); "
                 f"id {ids[np.argmax((labels < 0) | (labels >= k))]} is not"
             )
+        if n == 0:
+            raise DataError(f"{path}: the loss table holds no samples")
+        for name, low in (("pred", 0), ("true_label", 0), ("top_classes", -1)):
+            if name in cols and (cols[name].min() < low or cols[name].max() >= k):
+                raise DataError(
+                    f"{path}: column {name} must hold class indices in [{low}, {k}); it holds {cols[name].max()}"
+                )
         as_index = lambda name, t=np.int64: cols[name].astype(t) if name in cols else None  # noqa: E731
         return cls(
             ids.astype(np.int64),
@@ -205,3 +214,49 @@ def _paths(path: Path, cols: dict[str, np.ndarray]) -> StringColumn:
     if buffer.dtype != np.uint8 or offsets[-1] != len(buffer):
         raise DataError(f"{path}: the path column is damaged ({offsets[-1]} bytes expected, {len(buffer)} found)")
     return StringColumn(buffer, offsets, str(cols.get("path_prefix", "")))
+
+
+MAX_INFLATED = 1 << 30  # bytes a table may inflate to beyond 50 times its file size (2.55M rows: about 100 MB)
+_KINDS = {  # column -> (allowed dtype kinds, dimensions)
+    "id": ("iu", 1),
+    "id_first": ("iu", 1),
+    "id_gap": ("iu", 1),
+    "label": ("iu", 1),
+    "loss": ("f", 1),
+    "n_records": ("iu", 1),
+    "pred": ("iu", 1),
+    "true_label": ("iu", 1),
+    "p_label": ("f", 1),
+    "top_classes": ("iu", 2),
+    "top_probs": ("f", 2),
+    "classes": ("U", 1),
+}
+
+
+def _check_inflation(path: Path) -> None:
+    """Read each member's array header (shape and dtype) before anything is inflated: a small file that would
+    unpack to gigabytes is refused."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable loss table ({e})") from None
+    size = path.stat().st_size
+    if total > MAX_INFLATED and total > 50 * size:
+        raise DataError(
+            f"{path}: would inflate to {total / 2**20:,.0f} MiB from {size / 2**20:,.1f} MiB: not a loss table"
+        )
+
+
+def _check_kinds(path: Path, cols: dict) -> None:
+    """Each known column's dtype kind and dimensions, named in one line when wrong."""
+    for name, (kinds, ndim) in _KINDS.items():
+        if name in cols and (cols[name].dtype.kind not in kinds or cols[name].ndim != ndim):
+            a = cols[name]
+            raise DataError(f"{path}: column {name} is {a.dtype} of {a.ndim} dimensions, not what a loss table holds")
