@@ -592,7 +592,12 @@ def _add_see_data(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of `lossguided run`")
     p.add_argument("--out", "--output", required=True, help="HTML file to write")
-    p.add_argument("--round", type=_positive, default=1, help="refinement round to show (record<R>, refine<R>)")
+    p.add_argument(
+        "--round",
+        type=_positive,
+        default=None,
+        help="refinement round to show (record<R>, refine<R>) (default: the last round whose losses were recorded)",
+    )
     p.add_argument("--thumbs-per-class", type=_positive, default=6, help="suspects per class, and as many selected")
     p.add_argument(
         "--max-classes",

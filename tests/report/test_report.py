@@ -182,3 +182,19 @@ def test_the_drop_rule_drops_disagreeing_samples_first_as_the_selection_does():
     assert np.flatnonzero(losses > rule.limit).tolist() == [8, 60] == np.flatnonzero(rule.dropped).tolist()
     without = drop_decision(table, drop_loss_above=1.0)
     assert not (losses > without.limit).any()
+
+
+def test_the_report_shows_the_last_recorded_round_by_default(tmp_path):
+    from lossguided.data.manifest import ClassMap
+    from lossguided.losstable import LossTable
+    from lossguided.report.rundir import read_run
+
+    n = 10
+    table = LossTable(
+        np.arange(n), np.arange(n) % 2, np.linspace(0, 1, n), np.ones(n), np.zeros(n), ["x"] * n, ClassMap(("a", "b"))
+    )
+    for r in (1, 2):
+        (tmp_path / f"record{r}").mkdir()
+        table.save(tmp_path / f"record{r}" / "losses.npz")
+    assert read_run(tmp_path).round == 2
+    assert read_run(tmp_path, round=1).round == 1

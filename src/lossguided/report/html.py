@@ -390,14 +390,14 @@ def build_report(
     run_dir: str | Path,
     options: ReportOptions = ReportOptions(),
     *,
-    round: int = 1,  # noqa: A002
+    round: int | None = None,  # noqa: A002
 ) -> tuple[str, dict]:
     run = read_run(run_dir, round=round)
     return render_page(run, run_resolver(run), options)
 
 
 def write_report(
-    run_dir: str | Path, out: str | Path, options: ReportOptions = ReportOptions(), *, round: int = 1
+    run_dir: str | Path, out: str | Path, options: ReportOptions = ReportOptions(), *, round: int | None = None
 ) -> dict:  # noqa: A002
     """Write the page; returns where, its size in bytes, and what it holds."""
     page, summary = build_report(run_dir, options, round=round)

@@ -35,12 +35,16 @@ class RunFolder:
         return ((self.config or {}).get("refine") or {}).get(key)
 
 
-def read_run(run_dir: str | Path, *, round: int = 1) -> RunFolder:  # noqa: A002
+def read_run(run_dir: str | Path, *, round: int | None = None) -> RunFolder:  # noqa: A002
+    """A run folder as the report shows it: round `round`, by default the last one whose losses were recorded."""
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"{run}: run folder not found")
-    out = RunFolder(path=run, round=round)
     folder = layout.RunLayout(run)
+    if round is None:
+        recorded = [r for r in range(1, 100) if folder.losses(r).is_file()]
+        round = recorded[-1] if recorded else 1  # noqa: A001
+    out = RunFolder(path=run, round=round)
     present = folder.present()
     if not present and not folder.metrics.is_file() and not folder.config.is_file():
         return _read_loose(out)
