@@ -93,7 +93,7 @@ def _add_data(
         required=train_required,
         help="training manifest: CSV (path,label[,id]), ImageFolder root, a `lossguided preprocess` "
         "folder, WebDataset .tar shards (a folder, one .tar or a brace pattern 'shards/train-{000000..000009}.tar'), "
-        f"or 'fashion-mnist' (long-tailed, noisy, built in) {d('data.train')}",
+        f"or 'fashion-mnist' (long-tailed, noisy, built in) {'(required)' if train_required else d('data.train')}",
     )
     g.add_argument("--val", help="validation manifest (default with fashion-mnist: its clean val split)")
     g.add_argument("--test", help="test manifest (default with fashion-mnist: its test split)")

@@ -146,7 +146,9 @@ def _run_recipe(cfg: RecipeConfig, out_dir: Path) -> dict:
                 rec = cfg.record
                 if r > 1 and rec.later_rounds_lr is not None:  # the fine-tuned model, not taught the noise again
                     rec = dataclasses.replace(rec, lr=rec.later_rounds_lr)
-                log.info("stage record%d: losses of %d samples with %s (lr %s)", r, len(splits.train), model, rec.lr)
+                lr = rec.lr if rec.lr is not None else cfg.pretrain.lr
+                how = "scored as it is" if lr == 0 else f"{rec.epochs} epoch(s) at lr {lr:g}"
+                log.info("stage record%d: losses of %d samples with %s (%s)", r, len(splits.train), model, how)
                 stages.record_losses(
                     dataclasses.replace(cfg, record=rec),
                     splits.train,
