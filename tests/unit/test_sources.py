@@ -347,3 +347,15 @@ def test_confine_paths_leaves_stored_samples_alone(tmp_path, image_csv):
     spec = _webdataset(tmp_path, image_csv)
     check_confined(load_manifest(spec + "/shard-{000000..000002}.tar"))  # names `<shard>.tar#<key>`, read by offset
     check_confined(load_manifest(_preprocessed(tmp_path, image_csv)))  # original paths kept as names only
+
+
+def test_a_key_twice_in_a_shard_is_an_error(tmp_path):
+    """Two `3.png`/`3.cls` pairs in one shard: the second would silently replace the first sample."""
+    path = tmp_path / "dup.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("3.jpg", _jpeg(1)), ("3.cls", b"a"), ("3.jpg", _jpeg(2)), ("3.cls", b"b")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"dup\.tar: 3\.jpg: key '3' appears twice"):
+        load_manifest(str(path))

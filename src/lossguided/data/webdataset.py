@@ -41,7 +41,7 @@ log = logging.getLogger("lossguided")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CLASSES_FILE = "classes.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: a key twice in a shard is an error (a cached index of such a shard is rebuilt)
 _BRACE = re.compile(r"\{([^{}]*)\}")
 NAME_MARKER = ".tar#"  # in a sample's name `<shard>.tar#<key>`
 _MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # WebDataset's split: key = up to the file name's first dot
@@ -120,6 +120,9 @@ def _split(buf: np.ndarray, n: int) -> list[str]:
     return buf.tobytes().decode("utf-8", "surrogateescape").split("\0") if n else []
 
 
+MAX_LABEL_BYTES = 1 << 16  # a .cls or .json member larger than this is not a label
+
+
 def build_index(shard: Path) -> dict[str, np.ndarray]:
     """Read `shard` once with `tarfile`: per sample, its key, the image's byte offset and size, and the label as
     text (from `.cls`, else `.json`'s `label`; its `true_label` when present). A sample without an image or a label
@@ -133,9 +136,16 @@ def build_index(shard: Path) -> dict[str, np.ndarray]:
                     continue
                 key, ext = match.group(1), match.group(2).lower()
                 s = samples.setdefault(key, {})
-                if ext in IMAGE_EXTS:
+                part = "image" if ext in IMAGE_EXTS else ext if ext in ("cls", "json") else None
+                if part is None:
+                    continue
+                if part in s:  # a second 3.png (or 3.cls) would silently replace the first sample
+                    raise DataError(f"{shard}: {m.name}: key {key!r} appears twice; every sample needs its own key")
+                if part == "image":
                     s["image"] = (m.offset_data, m.size)
-                elif ext in ("cls", "json"):
+                else:
+                    if m.size > MAX_LABEL_BYTES:
+                        raise DataError(f"{shard}: {m.name}: {m.size:,} bytes, too long for a label")
                     s[ext] = tar.extractfile(m).read().decode("utf-8", "replace")
     except (OSError, tarfile.TarError) as e:
         raise DataError(f"{shard}: not a readable tar shard ({e})") from None
