@@ -5,7 +5,9 @@ metrics and config into the first one's. The kernel drops a `flock` when its pro
 crash), so a lock file left behind is never stale in the sense of blocking: the next run takes it over, and its
 non-empty content says the previous owner ended without releasing it. Locks are re-entrant inside one process
 (`train` holds its folder, the trainer inside it asks again). `flock` works on local filesystems and NFSv4; on a
-filesystem without it the folder is used unlocked, with a warning.
+filesystem without it the folder is used unlocked, with a warning. A lock that outlives its owner (NFS, a node that
+crashed) is taken over: when its recorded pid is not running on this host, or when its owner, on another host, has
+not touched it (a heartbeat every minute) for ten minutes.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def acquire(folder: str | os.PathLike) -> bool:
         owner = _owner(fd)
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            gone = _owner_gone(owner, path)
+            if gone:  # a lock that outlived its owner (NFS, a crashed node): move it aside and take a new one
+                log.warning("%s: the lock of %s is stale (%s); taking the folder over", folder, owner, gone)
+                with contextlib.suppress(OSError):
+                    os.replace(path, folder / f"{LOCK_FILE}.stale-{os.getpid()}")
+                return acquire(folder)
             raise RunFolderBusyError(
                 f"{folder}: in use by another lossguided run ({owner or 'owner unknown'}); "
                 "wait for it to finish or use another --out"
@@ -78,7 +86,55 @@ def acquire(folder: str | os.PathLike) -> bool:
         fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0
     )
     _HELD[key] = [fd, 1]
+    _start_heartbeat()
     return True
+
+
+STALE_S = 600  # a lock whose owner has not touched it for this long is taken to be gone (the owner beats every 60 s)
+BEAT_S = 60
+
+
+def _owner_gone(owner: str, path: Path) -> str | None:
+    """Why the recorded owner of a held lock is gone, or None while it may be alive: its pid is not running on this
+    host, or (on another host) its heartbeat stopped STALE_S ago."""
+    parts = owner.split()
+    if len(parts) < 4 or parts[0] != "pid" or not parts[1].isdigit() or parts[2] != "on":
+        return None
+    pid, host = int(parts[1]), parts[3]
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"pid {pid} is not running on this host"
+        except PermissionError:
+            return None
+        return None
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return None
+    return f"no heartbeat from {host} for {age:.0f} s" if age > STALE_S else None
+
+
+_beating: list[bool] = []
+
+
+def _start_heartbeat() -> None:
+    """Touch every held lock file each BEAT_S seconds (one daemon thread), so another host can tell a live owner
+    from a crashed one."""
+    if _beating:
+        return
+    import threading
+
+    def beat() -> None:
+        while True:
+            time.sleep(BEAT_S)
+            for fd, _ in list(_HELD.values()):
+                with contextlib.suppress(OSError):
+                    os.utime(fd)
+
+    _beating.append(True)
+    threading.Thread(target=beat, name="lossguided-lock-heartbeat", daemon=True).start()
 
 
 def release(folder: str | os.PathLike) -> None:

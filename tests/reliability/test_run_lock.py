@@ -119,3 +119,34 @@ def test_a_held_folder_is_refused_before_any_write(tmp_path, holder, capsys, com
     holder.wait()
     if command == "trainer":
         assert _trainer(out).fit().epochs_done == 1  # the owner is gone: the folder is free
+
+
+def _claim(tmp_path, owner: str, age_s: float = 0.0) -> None:
+    """Make the held lock file name `owner` and look `age_s` seconds untouched (what a stale NFS lock looks like)."""
+    import time
+
+    lock = tmp_path / "run" / runlock.LOCK_FILE
+    lock.write_text(owner + "\n")
+    then = time.time() - age_s
+    os.utime(lock, (then, then))
+
+
+def test_a_lock_whose_owner_is_gone_is_taken_over(holder, tmp_path, caplog):
+    import socket
+
+    _claim(tmp_path, f"pid 999999999 on {socket.gethostname()} since 2026-01-01 00:00:00")  # no such pid here
+    with caplog.at_level(logging.WARNING):
+        assert runlock.acquire(tmp_path / "run")
+    assert "is stale (pid 999999999 is not running on this host)" in caplog.text
+    runlock.release(tmp_path / "run")
+
+
+@pytest.mark.parametrize(("age_s", "taken"), [(3600, True), (5, False)])
+def test_a_lock_from_another_host_is_taken_over_only_when_its_heartbeat_stopped(holder, tmp_path, age_s, taken):
+    _claim(tmp_path, "pid 4242 on node-that-crashed since 2026-01-01 00:00:00", age_s=age_s)
+    if taken:
+        assert runlock.acquire(tmp_path / "run")
+        runlock.release(tmp_path / "run")
+    else:
+        with pytest.raises(runlock.RunFolderBusyError, match="node-that-crashed"):
+            runlock.acquire(tmp_path / "run")
