@@ -252,3 +252,20 @@ def test_resume_with_another_world_size_keeps_the_schedule(tmp_path, saved_world
     lr = resumed.optimizer.param_groups[0]["lr"]
     assert lr == pytest.approx(uninterrupted.optimizer.param_groups[0]["lr"], rel=1e-9)
     assert lr > first.cfg.lr * first.cfg.lr_min_ratio * 1.5  # not stuck at the minimum
+
+
+def test_summary_csv_has_a_row_per_epoch_like_timms(tmp_path):
+    m = tiny_manifest()
+    tr = make_trainer(tmp_path, m, epochs=2)
+    tr.val_set = make_dataset(m, image_size=16)
+    tr.fit()
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,val_mean_top1_error,val_top1_error,lr,images_per_s"
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"] and all(len(r.split(",")) == 6 for r in rows)
+
+
+def test_tensorboard_scalars_when_it_is_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    m = tiny_manifest()
+    make_trainer(tmp_path, m, epochs=1).fit()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -120,6 +120,7 @@ class Trainer:
         self.resume_point: dict | None = None  # where a mid-epoch checkpoint left the current epoch
         self.best, self.bad_epochs = None, 0
         self.history: list[dict] = []  # one metrics record per finished epoch; metrics.jsonl is rebuilt from it
+        self._tb = None  # TensorBoard writer (False: the package is not installed)
 
     def _ddp(self, module: nn.Module) -> nn.Module:
         """DDP with the settable options: bucket views (no second copy of the gradients) and, on NCCL, bf16
@@ -374,11 +375,28 @@ class Trainer:
             drop = ("optimizer", "recorder", "rng", "rng_ranks", "history")
             files.insert(0, (self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop}))
         checkpoint.ensure_room(self.out_dir, [s for _, s in files])
-        metrics = self.out_dir / "metrics.jsonl"
-        with atomic_paths(*(p for p, _ in files), metrics) as tmps:
+        metrics, summary = self.out_dir / "metrics.jsonl", self.out_dir / "summary.csv"
+        with atomic_paths(*(p for p, _ in files), metrics, summary) as tmps:
             for tmp, (_, s) in zip(tmps, files, strict=False):
                 checkpoint.write(tmp, s)
-            tmps[-1].write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            tmps[-2].write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            tmps[-1].write_text(summary_csv(self.history))
+        self._tensorboard(self.history[-1])
+
+    def _tensorboard(self, record: dict) -> None:
+        """The epoch's numbers as TensorBoard scalars in OUT/tb, where the tensorboard package is installed."""
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self._tb = False
+                return
+            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+        if self._tb:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    self._tb.add_scalar(key, value, record["epoch"])
+            self._tb.flush()
 
     def _on_main(self, work, *, catch: type[Exception] = DiskFullError) -> None:
         """`work()` on the main rank; then every rank learns whether it failed with `catch` (a full disk, a held
@@ -479,6 +497,17 @@ class Trainer:
             where = f" + {mid['batches']} batches" if self.resume_point else ""
             log.info("resumed from %s at epoch %d%s (step %d)", path, self.epoch, where, self.step)
         return self.epoch
+
+
+SUMMARY_COLUMNS = ("epoch", "train_loss", "val_mean_top1_error", "val_top1_error", "lr", "images_per_s")
+
+
+def summary_csv(history: list[dict]) -> str:
+    """timm's `summary.csv`: one row per epoch, the columns a spreadsheet or a plot script reads."""
+    lines = [",".join(SUMMARY_COLUMNS)]
+    for r in history:
+        lines.append(",".join("" if r.get(c) is None else f"{r[c]:.6g}" for c in SUMMARY_COLUMNS))
+    return "\n".join(lines) + "\n"
 
 
 CHANNELS_LAST_OFF = ("resnest",)  # timm's RTX 3090 CSVs: resnest101e trains at 254 img/s NCHW, 96 NHWC
