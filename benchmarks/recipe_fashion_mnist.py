@@ -89,6 +89,7 @@ from lossguided.data.sources import make_dataset
 from lossguided.data.transforms import BatchTransform
 from lossguided.engine import checkpoint
 from lossguided.io import atomic_path, write_json
+from lossguided.losstable import LossTable
 from lossguided.metrics import auroc
 from lossguided.models import create_model
 from lossguided.recipe import run_recipe
@@ -400,6 +401,36 @@ class Bench:
             return row
 
         return self.cached(setting, "cleanlab", seed, run)
+
+    def diag_matched_row(self, setting: str, seed: int) -> dict:
+        """A diagnosis, not a method row (it reads the injected true labels): the perfectly clean list (the truly
+        clean samples, each class capped at its 1,000 lowest recorded losses) fine-tuned from the noisy pre-trained
+        model and from random weights with the same epochs and lr (the pre-training's lr, 12 epochs, no early stop),
+        so that the start is the only difference."""
+
+        def run() -> dict:
+            self.recipe_row(setting, seed, "auto")
+            cfg = self.cfg(setting, seed)
+            splits = stages.load_splits(cfg.data)
+            run_dir = self.dir(setting, "recipe_auto", seed)
+            table = LossTable.load(run_dir / "record1" / "losses.npz")
+            clean = np.flatnonzero(table.labels == table.true_labels)
+            order = clean[np.lexsort((table.losses[clean], table.labels[clean]))]
+            lab = table.labels[order]
+            perfect = np.sort(table.ids[order[np.arange(len(order)) - np.searchsorted(lab, lab) < CAP]])
+            same = dataclasses.replace(
+                cfg, finetune=dataclasses.replace(cfg.finetune, epochs=12, lr=cfg.pretrain.lr, patience=None)
+            )
+            sub = stages.Splits(splits.train.select_ids(perfect), splits.val, None)
+            out, checkpoints = {"train_samples": int(len(perfect))}, {}
+            for name, start in (("noisy_start", run_dir / "pretrain" / "best.pt"), ("scratch", None)):
+                folder = self.dir(setting, f"diag_matched_{name}", seed)
+                stages.train(same, sub, out_dir=folder, section="finetune", init_from=start)
+                out[name] = _evaluate(folder / "best.pt", splits, cfg)
+                checkpoints[name] = folder / "best.pt"
+            return out | {"_predict": checkpoints}
+
+        return self.cached(setting, "diag_matched", seed, run)
 
     def cleanlab_la_row(self, setting: str, seed: int) -> dict:
         """cleanlab's row with the recipe's post-hoc logit adjustment (engine/prior.py): the prior from its final
