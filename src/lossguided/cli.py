@@ -54,6 +54,7 @@ TRAIN_FLAGS = {
     "channels_last": "channels_last",
     "compile": "compile",
     "head": "head",
+    "ema_decay": "ema_decay",
 }
 
 
@@ -213,6 +214,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the training forward (default: off)",
+    )
+    g.add_argument(
+        "--ema-decay",
+        "--model-ema-decay",
+        type=float,
+        help="keep timm's exponential moving average of the weights (e.g. 0.999); it is validated and saved as "
+        "best.pt (default: off)",
     )
     g.add_argument(
         "--head",

@@ -106,13 +106,14 @@ class TrainConfig:
     ddp_bucket_view: bool = True  # DDP gradient_as_bucket_view: no second copy of the gradients
     seed: int = 0
     save_every_steps: int = 0  # also write last.pt after every N batches of an epoch (0: only at its end)
-    head: str | None = (
-        None  # fine-tune from a checkpoint: keep (None) | reset | imprint its classifier (engine/head.py)
-    )
+    head: str | None = None  # fine-tune from a checkpoint: keep (None), reset or imprint its classifier (engine/)
+    ema_decay: float | None = None  # timm ModelEmaV3 of the weights, e.g. 0.999: validated and shipped (None: off)
 
     def __post_init__(self) -> None:
         from lossguided.engine.head import HEAD_MODES
 
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1) (e.g. 0.999) or null, got {self.ema_decay}")
         if self.head is not None and self.head not in HEAD_MODES:
             raise ConfigError(f"head {self.head!r} is not one of {HEAD_MODES} (or null: keep)")
         if self.save_every_steps < 0:

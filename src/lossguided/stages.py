@@ -120,7 +120,12 @@ def build_model(cfg: RecipeConfig, classes: ClassMap, *, init_from: str | Path |
     return model
 
 
-OPTIONAL_SETTINGS = ("randaugment", "head", "channels_last")  # options added later (or made optional): None: off
+OPTIONAL_SETTINGS = (
+    "randaugment",
+    "head",
+    "channels_last",
+    "ema_decay",
+)  # options added later (or made optional): None: off
 
 
 def run_key(

@@ -269,3 +269,19 @@ def test_tensorboard_scalars_when_it_is_installed(tmp_path):
     m = tiny_manifest()
     make_trainer(tmp_path, m, epochs=1).fit()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_ema_weights_are_validated_shipped_and_resumed(tmp_path):
+    m = tiny_manifest()
+    tr = make_trainer(tmp_path, m, epochs=2, ema_decay=0.9)
+    tr.val_set = make_dataset(m, image_size=16)
+    tr.fit()
+    last, best = checkpoint.load(tmp_path / "last.pt"), checkpoint.load(tmp_path / "best.pt")
+    assert "ema" in last and "ema" not in best
+    ema = tr.ema.module.state_dict()
+    assert any(not torch.equal(ema[k], last["model"][k]) for k in ema if ema[k].is_floating_point())  # an average
+    if best["epoch"] == 2:
+        assert all(torch.equal(best["model"][k], ema[k]) for k in ema)  # the shipped weights are the EMA's
+    again = make_trainer(tmp_path, m, epochs=3, ema_decay=0.9)
+    again._resume()
+    assert all(torch.equal(again.ema.module.state_dict()[k], ema[k]) for k in ema)

@@ -114,6 +114,11 @@ class Trainer:
         self.normalization = normalization(self.run_config.get("model"))
         mean, std = self.normalization
         self.transform = BatchTransform(mean=mean, std=std, flip=cfg.flip).to(self.device)
+        self.ema = None  # timm's ModelEmaV3 of the weights (train.ema_decay): what is evaluated and shipped
+        if cfg.ema_decay is not None and update:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
         forward = torch.compile(self.model) if cfg.compile else self.model  # saved and evaluated: self.model
         self.net = self._ddp(forward) if self.info.enabled and update else forward
         self.epoch = self.step = 0
@@ -161,6 +166,8 @@ class Trainer:
                 self.optimizer.step()
             self.step += 1
             self.scheduler.step_update(self.step)
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.step)
         if self.recorder is not None:
             self.recorder.update(ids.to(self.device, non_blocking=True), losses, logits, labels)
         return loss.detach()
@@ -300,7 +307,7 @@ class Trainer:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_set is not None:
                 val = evaluate(
-                    self.model,
+                    self.ema.module if self.ema is not None else self.model,
                     self.val_set,
                     class_names=self.classes.names,
                     amp=self.cfg.amp,
@@ -349,6 +356,8 @@ class Trainer:
         }
         if self.recorder is not None:
             state["recorder"] = self.recorder.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
         return state
 
     def _rng_state(self) -> dict:
@@ -372,8 +381,11 @@ class Trainer:
         state = self.state_dict() | {"rng_ranks": rngs}
         files = [(self.out_dir / "last.pt", state)]
         if improved:
-            drop = ("optimizer", "recorder", "rng", "rng_ranks", "history")
-            files.insert(0, (self.out_dir / "best.pt", {k: v for k, v in state.items() if k not in drop}))
+            drop = ("optimizer", "recorder", "rng", "rng_ranks", "history", "ema")
+            best = {k: v for k, v in state.items() if k not in drop}
+            if self.ema is not None:  # the averaged weights are the ones validated, so the ones shipped
+                best["model"] = state["ema"]
+            files.insert(0, (self.out_dir / "best.pt", best))
         checkpoint.ensure_room(self.out_dir, [s for _, s in files])
         metrics, summary = self.out_dir / "metrics.jsonl", self.out_dir / "summary.csv"
         with atomic_paths(*(p for p, _ in files), metrics, summary) as tmps:
@@ -441,6 +453,8 @@ class Trainer:
                 "use another --out, or start over (--no-resume; `run`: remove the folder)"
             )
         self.model.load_state_dict(state["model"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         saved_spe = int(state.get("steps_per_epoch") or self.steps_per_epoch)
