@@ -55,6 +55,8 @@ TRAIN_FLAGS = {
     "compile": "compile",
     "head": "head",
     "ema_decay": "ema_decay",
+    "mixup": "mixup",
+    "cutmix": "cutmix",
 }
 
 
@@ -222,6 +224,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         help="keep timm's exponential moving average of the weights (e.g. 0.999); it is validated and saved as "
         "best.pt (default: off)",
     )
+    g.add_argument("--mixup", type=float, help="timm Mixup alpha, e.g. 0.2 (default: off; never while recording)")
+    g.add_argument("--cutmix", type=float, help="timm CutMix alpha, e.g. 1.0 (default: off)")
     g.add_argument(
         "--head",
         choices=("keep", "reset", "imprint"),

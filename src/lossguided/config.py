@@ -108,10 +108,14 @@ class TrainConfig:
     save_every_steps: int = 0  # also write last.pt after every N batches of an epoch (0: only at its end)
     head: str | None = None  # fine-tune from a checkpoint: keep (None), reset or imprint its classifier (engine/)
     ema_decay: float | None = None  # timm ModelEmaV3 of the weights, e.g. 0.999: validated and shipped (None: off)
+    mixup: float = 0.0  # timm Mixup alpha (0: off); never while losses are recorded
+    cutmix: float = 0.0  # timm CutMix alpha (0: off)
 
     def __post_init__(self) -> None:
         from lossguided.engine.head import HEAD_MODES
 
+        if not (self.mixup >= 0 and self.cutmix >= 0):
+            raise ConfigError(f"mixup and cutmix are alphas >= 0 (0: off), got {self.mixup}, {self.cutmix}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1) (e.g. 0.999) or null, got {self.ema_decay}")
         if self.head is not None and self.head not in HEAD_MODES:

@@ -151,6 +151,9 @@ def run_key(
     for k in OPTIONAL_SETTINGS:  # off: left out, so run folders from before the option existed still resume
         if settings.get(k) is None:
             settings.pop(k, None)
+    for k in ("mixup", "cutmix"):  # likewise, where 0 is off
+        if not settings.get(k):
+            settings.pop(k, None)
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if not (k in ("mean", "std") and v is None)}
     return {
         "model": model,

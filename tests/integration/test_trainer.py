@@ -285,3 +285,15 @@ def test_ema_weights_are_validated_shipped_and_resumed(tmp_path):
     again = make_trainer(tmp_path, m, epochs=3, ema_decay=0.9)
     again._resume()
     assert all(torch.equal(again.ema.module.state_dict()[k], ema[k]) for k in ema)
+
+
+def test_mixup_mixes_training_batches_but_never_a_recording(tmp_path):
+    m = tiny_manifest(n=32)
+    tr = make_trainer(tmp_path / "a", m, epochs=1, mixup=0.4, cutmix=1.0)
+    assert tr.mixup is not None
+    images, labels, ids = make_dataset(m, image_size=16).__getitems__(list(range(8)))
+    tr.net.train()
+    loss = tr.run_step(images, labels, ids)
+    assert torch.isfinite(loss) and tr.step == 1
+    rec = make_trainer(tmp_path / "b", m, epochs=1, mixup=0.4, recorder=LossRecorder(m.ids))
+    assert rec.mixup is None  # recorded losses must be each image's own

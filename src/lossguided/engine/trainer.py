@@ -43,7 +43,7 @@ from lossguided.distributed import (
 )
 from lossguided.engine import checkpoint
 from lossguided.engine.evaluate import evaluate
-from lossguided.engine.loss import create_criterion
+from lossguided.engine.loss import create_criterion, torch_smoothing
 from lossguided.engine.optim import create_optimizer, create_scheduler
 from lossguided.engine.recorder import LossRecorder
 from lossguided.io import atomic_paths, remove_stale_temps, write_text
@@ -114,6 +114,16 @@ class Trainer:
         self.normalization = normalization(self.run_config.get("model"))
         mean, std = self.normalization
         self.transform = BatchTransform(mean=mean, std=std, flip=cfg.flip).to(self.device)
+        self.mixup = None  # timm's Mixup/CutMix of the training batches (off while losses are recorded)
+        if (cfg.mixup > 0 or cfg.cutmix > 0) and update and recorder is None:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                label_smoothing=torch_smoothing(cfg.smoothing, len(classes)),
+                num_classes=len(classes),
+            )
         self.ema = None  # timm's ModelEmaV3 of the weights (train.ema_decay): what is evaluated and shipped
         if cfg.ema_decay is not None and update:
             from timm.utils import ModelEmaV3
@@ -150,10 +160,16 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True)
+        soft = None
+        if self.mixup is not None and self.net.training and x.shape[0] % 2 == 0:  # timm mixes pairs: even batches
+            x, soft = self.mixup(x, labels)
         amp = self.amp_dtype is not None
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=amp):
             logits = self.net(x)
-        losses = self.criterion(logits.float(), labels)
+        if soft is None:
+            losses = self.criterion(logits.float(), labels)
+        else:  # the mixed soft targets (their smoothing included), per sample
+            losses = -(soft * logits.float().log_softmax(1)).sum(1)
         loss = losses.mean()
         if self.update:
             self.optimizer.zero_grad(set_to_none=True)
