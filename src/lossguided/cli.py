@@ -56,6 +56,7 @@ TRAIN_FLAGS = {
     "head": "head",
     "ema_decay": "ema_decay",
     "mixup": "mixup",
+    "sched": "sched",
     "cutmix": "cutmix",
 }
 
@@ -223,6 +224,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         type=float,
         help="keep timm's exponential moving average of the weights (e.g. 0.999); it is validated and saved as "
         "best.pt (default: off)",
+    )
+    g.add_argument(
+        "--sched",
+        choices=("cosine", "step", "multistep", "tanh", "poly"),
+        help="lr schedule stepped per batch, from timm (default: cosine, the paper's eq. 2)",
     )
     g.add_argument("--mixup", type=float, help="timm Mixup alpha, e.g. 0.2 (default: off; never while recording)")
     g.add_argument("--cutmix", type=float, help="timm CutMix alpha, e.g. 1.0 (default: off)")

@@ -86,6 +86,10 @@ class ModelConfig:
                 raise ConfigError(f"model.{key} must be 3 numbers on the 0-255 scale (one per RGB channel), got {v}")
 
 
+HEAD_MODES = ("keep", "reset", "imprint")  # what a fine-tune does with the classifier it inherits (engine/head.py)
+SCHEDULES = ("cosine", "step", "multistep", "tanh", "poly")  # timm's per-batch lr schedules (engine/optim.py)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -108,12 +112,13 @@ class TrainConfig:
     save_every_steps: int = 0  # also write last.pt after every N batches of an epoch (0: only at its end)
     head: str | None = None  # fine-tune from a checkpoint: keep (None), reset or imprint its classifier (engine/)
     ema_decay: float | None = None  # timm ModelEmaV3 of the weights, e.g. 0.999: validated and shipped (None: off)
+    sched: str = "cosine"  # the lr schedule, stepped per batch: cosine (eq. 2) | step | multistep | tanh | poly
     mixup: float = 0.0  # timm Mixup alpha (0: off); never while losses are recorded
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
 
     def __post_init__(self) -> None:
-        from lossguided.engine.head import HEAD_MODES
-
+        if self.sched not in SCHEDULES:
+            raise ConfigError(f"sched {self.sched!r} is not one of {SCHEDULES}")
         if not (self.mixup >= 0 and self.cutmix >= 0):
             raise ConfigError(f"mixup and cutmix are alphas >= 0 (0: off), got {self.mixup}, {self.cutmix}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

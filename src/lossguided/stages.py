@@ -154,6 +154,8 @@ def run_key(
     for k in ("mixup", "cutmix"):  # likewise, where 0 is off
         if not settings.get(k):
             settings.pop(k, None)
+    if settings.get("sched") == "cosine":  # the schedule before there was a choice
+        settings.pop("sched")
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if not (k in ("mean", "std") and v is None)}
     return {
         "model": model,

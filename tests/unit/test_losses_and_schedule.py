@@ -52,3 +52,19 @@ def test_optimizer_is_ranger():
     assert type(opt).__name__ == "Lookahead"
     assert type(opt._base_optimizer).__name__ == "RAdam"
     assert math.isclose(opt.param_groups[0]["lr"], 1e-4)
+
+
+@pytest.mark.parametrize("sched", ["step", "multistep", "tanh", "poly"])
+def test_timms_other_schedules_step_per_batch_from_lr_to_the_floor(sched):
+    from lossguided.engine.optim import create_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = create_scheduler(opt, total_steps=300, lr_min_ratio=0.1, sched=sched, steps_per_epoch=10)
+    lrs = []
+    for t in range(0, 300, 10):
+        s.step_update(t)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1.0) and lrs[-1] < lrs[0]
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:]))  # never rises
+    with pytest.raises(ValueError, match="not one of"):
+        create_scheduler(opt, total_steps=10, sched="plateau")

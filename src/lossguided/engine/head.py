@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from lossguided.config import HEAD_MODES
 from lossguided.data.transforms import BatchTransform
-
-HEAD_MODES = ("keep", "reset", "imprint")
 
 
 def prepare_head(

@@ -9,6 +9,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from lossguided.config import SCHEDULES
+
 
 def create_optimizer(
     model: nn.Module, *, name: str = "lookahead_radam", lr: float = 1e-4, weight_decay: float = 0.0
@@ -23,10 +25,37 @@ def create_optimizer(
 
 
 def create_scheduler(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, lr_min_ratio: float = 0.1, warmup_steps: int = 0
-) -> CosineLRScheduler:
-    """timm's cosine schedule stepped per batch (`step_update(t)`): eta_t of eq. (2), ending at lr * lr_min_ratio."""
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    lr_min_ratio: float = 0.1,
+    warmup_steps: int = 0,
+    sched: str = "cosine",
+    steps_per_epoch: int = 1,
+):
+    """timm's schedule stepped per batch (`step_update(t)`). "cosine" is eq. (2), ending at lr * lr_min_ratio; the
+    others come from timm's `create_scheduler_v2` with their timm defaults (step: x0.1 every third of the run)."""
     base_lr = optimizer.param_groups[0]["lr"]
+    if sched not in SCHEDULES:
+        raise ValueError(f"schedule {sched!r} is not one of {SCHEDULES}")
+    if sched != "cosine":
+        from timm.scheduler import create_scheduler_v2
+
+        spe = max(steps_per_epoch, 1)
+        epochs = max(total_steps // spe, 1)
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=sched,
+            num_epochs=epochs,
+            decay_epochs=max(epochs / 3, 1),
+            decay_milestones=[max(round(epochs * f), 1) for f in (0.5, 0.75)],
+            min_lr=base_lr * lr_min_ratio,
+            warmup_lr=base_lr * lr_min_ratio,
+            warmup_epochs=warmup_steps / spe,
+            step_on_epochs=False,
+            updates_per_epoch=spe,
+        )
+        return scheduler
     return CosineLRScheduler(
         optimizer,
         t_initial=max(total_steps, 1),

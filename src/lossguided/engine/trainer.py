@@ -109,6 +109,8 @@ class Trainer:
             total_steps=cfg.epochs * self.steps_per_epoch,
             lr_min_ratio=cfg.lr_min_ratio,
             warmup_steps=cfg.warmup_steps,
+            sched=cfg.sched,
+            steps_per_epoch=self.steps_per_epoch,
         )
         self.criterion = create_criterion(num_classes=len(classes), smoothing=cfg.smoothing)
         self.normalization = normalization(self.run_config.get("model"))
