@@ -747,10 +747,10 @@ def to_markdown(results: Path, setting: str) -> str:
     lines = [
         f"**{TITLES[setting]}**",
         "",
-        "| row | seeds | test mean top-1 err | val mean top-1 err | gap closed (budget baseline) "
+        "| row | seeds | test mean top-1 err | selection-split err | val mean top-1 err | gap closed (budget baseline) "
         "| gap closed (better baseline by val) | train samples | purity | smallest class kept | est. noise "
         "| images seen | wall min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, title in ROW_ORDER:
         rs = sorted(rows.get(key, []), key=lambda r: r["seed"])
@@ -768,7 +768,8 @@ def to_markdown(results: Path, setting: str) -> str:
         shared = ("pretrain", "matched_oracle", "oracle_plain", *(f"matched_oracle_{v}" for v in OWN_CEILING))
         wall = "shared" if key in shared else _minutes(get("wall_s"))
         lines.append(
-            f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('val_mean_top1_error'))} "
+            f"| {title} | {len(rs)} | {_ms(get('test_mean_top1_error'))} | {_ms(get('select_mean_top1_error'))} "
+            f"| {_ms(get('val_mean_top1_error'))} "
             f"| {g1} | {g2} | {_ms(get('train_samples'), 0)} | {_ms(get('purity'), 3)} "
             f"| {_ms(get('min_class_selected'), 0)} | {_ms(get('estimated_noise_rate'), 3)} "
             f"| {'-' if np.isnan(seen) else f'{seen:,.0f}'} | {wall} |".replace(" (1 seed)", "")
