@@ -127,11 +127,14 @@ def _start_heartbeat() -> None:
     import threading
 
     def beat() -> None:
-        while True:
-            time.sleep(BEAT_S)
-            for fd, _ in list(_HELD.values()):
-                with contextlib.suppress(OSError):
-                    os.utime(fd)
+        try:
+            while _HELD:  # ends once no lock is held: no thread is left behind for a later fork
+                time.sleep(BEAT_S)
+                for fd, _ in list(_HELD.values()):
+                    with contextlib.suppress(OSError):
+                        os.utime(fd)
+        finally:
+            _beating.clear()
 
     _beating.append(True)
     threading.Thread(target=beat, name="lossguided-lock-heartbeat", daemon=True).start()

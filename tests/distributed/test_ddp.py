@@ -118,8 +118,9 @@ def test_two_process_train_writes_once_and_its_checkpoint_evaluates_in_one_proce
     assert len(lines) == 1, f"only rank 0 prints its result: {lines}"
     assert json.loads(lines[0])["epochs"] == 1
     assert stderr.count("epoch=1 train_loss=") == 1  # and only rank 0 logs
-    files = sorted(p.name for p in out.iterdir())
-    assert files == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]  # one of each, rank 0's
+    files = sorted(p.name for p in out.iterdir() if p.name != "tb")  # tb/: TensorBoard, where it is installed
+    assert files == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "summary.csv"]  # rank 0's
+    assert len(list((out / "tb").glob("events.*"))) <= 1
     assert (out / ".lock").read_text() == ""  # released on a clean exit
     (record,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     state = checkpoint.load(out / "last.pt")

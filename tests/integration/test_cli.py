@@ -165,7 +165,7 @@ def test_train_losses_select_evaluate_on_image_files(tmp_path, image_csv, capsys
 
 def test_bad_manifest_is_one_line_before_training(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("file,label\nx.jpg,1\n")
+    bad.write_text("picture,label\nx.jpg,1\n")  # neither path nor one of its aliases
     assert main(["train", "--train", str(bad), "--out", str(tmp_path / "o"), *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.csv: row 1: missing column" in err[0]

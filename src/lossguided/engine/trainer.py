@@ -303,6 +303,9 @@ class Trainer:
         except DataError as e:  # a worker's error arrives with its traceback in the message: keep its last line
             raise one_line_worker_error(e) from None
         finally:
+            if self._tb:  # its writer thread must not outlive the run (a later fork would inherit its locks)
+                self._tb.close()
+            self._tb = None
             if locked:
                 runlock.release(self.out_dir)
 
