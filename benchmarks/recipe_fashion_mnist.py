@@ -648,6 +648,7 @@ OWN_CEILING = (
     "oof",
     "lr0",
     "heldout",
+    "la",
 )  # variants measured against themselves on the true labels (when that row exists)
 ROW_ORDER = [
     ("pretrain", "stage 1 alone (given labels, 6 epochs)"),
@@ -658,6 +659,7 @@ ROW_ORDER = [
     ("matched_oracle_oof", "matched oracle, out of fold (the ceiling of the out-of-fold row)"),
     ("matched_oracle_lr0", "matched oracle, second recording without updates"),
     ("matched_oracle_heldout", "matched oracle, out of fold + second without updates"),
+    ("matched_oracle_la", "matched oracle + logit adjustment (the ceiling of the logit-adjusted rows)"),
     ("cleanlab", "cleanlab, strongest fair setting"),
     ("recipe_paper", "paper's rule (bands 1-5/6-10/11-15, drop 1.915)"),
     ("recipe_fixed", "recipe, fixed 1.5 nats"),
@@ -758,6 +760,8 @@ def to_markdown(results: Path, setting: str) -> str:
             continue
         noisy = setting != "clean"
         variant = key.removeprefix("recipe_").removeprefix("matched_oracle_")
+        if variant.endswith("_la"):  # any row with the logit adjustment: against the adjusted ceiling
+            variant = "la"
         # each against its own ceiling where that has every seed of the row, else the recipe's matched oracle
         covered = variant in OWN_CEILING and all(r["seed"] in own[variant] for r in rs)
         top = own[variant] if covered else ceil
