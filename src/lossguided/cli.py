@@ -936,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     from lossguided.distributed import DeviceError, init_distributed, shutdown
     from lossguided.engine.checkpoint import CheckpointError
 
-    signals.install()  # SIGTERM: save at the next step boundary, then stop (exit 143)
+    previous = signals.install()  # SIGTERM: save at the next step boundary, then stop (exit 143)
     try:
         threads.configure(args.threads)
         if init_distributed().is_main:
@@ -954,6 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
+        signals.restore(previous)
         shutdown()
 
 

@@ -116,28 +116,35 @@ def _owner_gone(owner: str, path: Path) -> str | None:
     return f"no heartbeat from {host} for {age:.0f} s" if age > STALE_S else None
 
 
-_beating: list[bool] = []
+_beat: dict = {}  # the heartbeat thread and the event that stops it, while any lock is held
 
 
 def _start_heartbeat() -> None:
     """Touch every held lock file each BEAT_S seconds (one daemon thread), so another host can tell a live owner
-    from a crashed one."""
-    if _beating:
+    from a crashed one. The thread lives only while a lock is held (`_stop_heartbeat` at the last release), so a
+    process that forks afterwards (a multiprocessing pool) forks without it."""
+    if _beat:
         return
     import threading
 
-    def beat() -> None:
-        try:
-            while _HELD:  # ends once no lock is held: no thread is left behind for a later fork
-                time.sleep(BEAT_S)
-                for fd, _ in list(_HELD.values()):
-                    with contextlib.suppress(OSError):
-                        os.utime(fd)
-        finally:
-            _beating.clear()
+    stop = threading.Event()
 
-    _beating.append(True)
-    threading.Thread(target=beat, name="lossguided-lock-heartbeat", daemon=True).start()
+    def beat() -> None:
+        while not stop.wait(BEAT_S):
+            for fd, _ in list(_HELD.values()):
+                with contextlib.suppress(OSError):
+                    os.utime(fd)
+
+    thread = threading.Thread(target=beat, name="lossguided-lock-heartbeat", daemon=True)
+    _beat.update(thread=thread, stop=stop)
+    thread.start()
+
+
+def _stop_heartbeat() -> None:
+    if _beat:
+        _beat["stop"].set()
+        _beat["thread"].join()
+        _beat.clear()
 
 
 def release(folder: str | os.PathLike) -> None:
@@ -156,6 +163,8 @@ def release(folder: str | os.PathLike) -> None:
         pass
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+    if not _HELD:
+        _stop_heartbeat()
 
 
 @contextlib.contextmanager

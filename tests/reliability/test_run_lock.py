@@ -150,3 +150,17 @@ def test_a_lock_from_another_host_is_taken_over_only_when_its_heartbeat_stopped(
     else:
         with pytest.raises(runlock.RunFolderBusyError, match="node-that-crashed"):
             runlock.acquire(tmp_path / "run")
+
+
+def test_no_thread_outlives_the_lock(tmp_path):
+    """The heartbeat lives only while a lock is held: a process that forks a pool afterwards forks without it."""
+    import threading
+
+    before = threading.active_count()
+    runlock.acquire(tmp_path / "a")
+    runlock.acquire(tmp_path / "b")
+    assert threading.active_count() == before + 1  # one heartbeat for all held locks
+    runlock.release(tmp_path / "a")
+    assert threading.active_count() == before + 1
+    runlock.release(tmp_path / "b")
+    assert threading.active_count() == before

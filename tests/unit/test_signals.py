@@ -42,3 +42,11 @@ def test_a_forked_child_ends_on_sigterm_as_usual():
     os.kill(pid, signal.SIGTERM)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+def test_the_cli_puts_the_previous_handler_back_when_it_returns():
+    from lossguided.cli import main
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    main(["select", "missing.npz", "--out", "x.csv"])  # fails at once: the handler must come back anyway
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
