@@ -136,6 +136,7 @@ class Bench:
     # -- configs and cache -------------------------------------------------------------------------------------
     def cfg(self, setting: str, seed: int, **extra) -> RecipeConfig:
         over = dict(SETTINGS[setting]) | {"pretrain.seed": seed, "finetune.seed": seed}
+        over["refine.logit_adjust"] = None  # rows name their own selection and adjustment (the default has both)
         if self.design == "v3":  # each seed its own data draw, and a selection split held out of train and val
             over |= {"data.data_seed": seed, "data.select_per_class": SELECT_PER_CLASS}
         over |= extra
@@ -783,7 +784,8 @@ def to_markdown(results: Path, setting: str) -> str:
     return "\n".join(lines)
 
 
-DEFAULT_ROW = f"recipe_{config_mod.load('cpu-small').refine.drop_loss_above}"  # the shipped default's row
+_DEFAULT = config_mod.load("cpu-small").refine
+DEFAULT_ROW = f"recipe_{_DEFAULT.drop_loss_above}{'_la' if _DEFAULT.logit_adjust else ''}"  # the shipped default's row
 TAUS = np.round(np.arange(0.0, 2.01, 0.25), 2)  # post-hoc logit adjustment strengths tried on the selection split
 
 
