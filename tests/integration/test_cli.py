@@ -304,7 +304,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, capsys):
     assert set(by_tta) == {"none", "hflip"} and ens["val_mean_top1_error"] == by_tta[ens["tta_used"]] == min(
         by_tta.values()
     )
-    assert names == ["pretrain", "refine1", "refine2", f"ensemble (2 models, {ens['tta_used']} TTA chosen on val)"]
+    assert names[:3] == ["pretrain", "refine1", "refine2"] and names[3].startswith("logit-adjusted (tau ")
+    assert names[4:] == [f"ensemble (2 models, {ens['tta_used']} TTA chosen on val)"]
     assert ens["models"] == ["refine2/best.pt", "ensemble/seed1/best.pt"]
     assert metrics["stages"][1]["train_samples"] == 50 and 0 <= metrics["stages"][1]["purity"] <= 1
     assert all(0 <= s["test_mean_top1_error"] <= 1 for s in metrics["stages"])

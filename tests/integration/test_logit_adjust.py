@@ -81,7 +81,7 @@ def test_relabelled_samples_are_fine_tuned_under_their_new_class(tmp_path):
         ],
     )
     out = tmp_path / "run"
-    row = run_recipe(cfg, out_dir=out)["stages"][-1]
+    (row,) = [s for s in run_recipe(cfg, out_dir=out)["stages"] if s["name"] == "refine1"]
     train = stages.load_splits(cfg.data).train
     rows = [r.split(",") for r in (out / "refine1" / "selected.csv").read_text().splitlines()[1:]]
     ids = np.array([int(r[0]) for r in rows])

@@ -20,7 +20,7 @@ def training_images(cfg: config_mod.RecipeConfig, train: int, selected: float) -
 
 def test_demo_is_the_whole_recipe_at_a_fraction_of_cpu_small():
     demo, full = config_mod.load("demo"), config_mod.load("cpu-small")
-    assert demo.refine.rounds >= 1 and demo.refine.drop_loss_above == "auto"
+    assert demo.refine.rounds >= 1 and demo.refine.drop_loss_above == full.refine.drop_loss_above == "hybrid"
     assert (demo.model, demo.data.image_size) == (full.model, full.data.image_size)
     assert demo.data.train_limit is not None and full.data.train_limit is None
     # cpu-small trains on 14,639 images (the long-tailed split) and fine-tunes on about half of them
