@@ -61,12 +61,16 @@ def _start(args):
 def _reference(tmp_path, image_csv, capsys):
     """The uninterrupted run, in this process with the subprocess's thread count (float sums depend on it)."""
     ref = tmp_path / "reference"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # what the CLI's thread choice honours, as the subprocess had it
     try:
         assert main(_args(image_csv, ref)) == 0
     finally:
         torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
     capsys.readouterr()
     return ref
 
