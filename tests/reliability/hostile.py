@@ -95,3 +95,22 @@ def run_python(code: str, *, timeout: float = 120, env: dict | None = None) -> s
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
     )
+
+
+def small_table(path: Path, n: int = 20) -> Path:
+    """A valid two-class loss table of `n` rows saved at `path`: the starting point of the hostile-table cases."""
+    import numpy as np
+
+    from lossguided.data.manifest import ClassMap
+    from lossguided.losstable import LossTable
+
+    LossTable(
+        ids=np.arange(n),
+        labels=np.arange(n) % 2,
+        losses=np.linspace(0, 3, n).astype(np.float32),
+        n_records=np.ones(n, np.int32),
+        preds=np.zeros(n, np.int64),
+        classes=ClassMap(("a", "b")),
+        paths=[f"/img/{i}.png" for i in range(n)],
+    ).save(path)
+    return path

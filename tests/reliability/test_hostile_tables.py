@@ -2,23 +2,15 @@
 
 import numpy as np
 import pytest
+from hostile import small_table
 
-from lossguided.data.manifest import ClassMap, DataError
+from lossguided.data.manifest import DataError
 from lossguided.losstable import LossTable
 
 
 @pytest.fixture
 def columns(tmp_path):
-    n = 20
-    LossTable(
-        ids=np.arange(n),
-        labels=np.arange(n) % 2,
-        losses=np.linspace(0, 3, n).astype(np.float32),
-        n_records=np.ones(n, np.int32),
-        preds=np.zeros(n, np.int64),
-        classes=ClassMap(("a", "b")),
-        paths=[f"/img/{i}.png" for i in range(n)],
-    ).save(tmp_path / "t.npz")
+    small_table(tmp_path / "t.npz")
     with np.load(tmp_path / "t.npz") as z:
         return {k: z[k] for k in z.files}
 

@@ -1,27 +1,14 @@
 """An --out that names one of the command's inputs stops before anything is written."""
 
-import numpy as np
 import pytest
+from hostile import small_table
 
 from lossguided.cli import main
-from lossguided.data.manifest import ClassMap
-from lossguided.losstable import LossTable
 
 
 @pytest.fixture
 def table(tmp_path):
-    n = 20
-    path = tmp_path / "T.npz"
-    LossTable(
-        ids=np.arange(n),
-        labels=np.arange(n) % 2,
-        losses=np.linspace(0, 3, n).astype(np.float32),
-        n_records=np.ones(n, np.int32),
-        preds=np.zeros(n, np.int64),
-        classes=ClassMap(("a", "b")),
-        paths=np.array([f"/img/{i}.png" for i in range(n)], dtype=object),
-    ).save(path)
-    return path
+    return small_table(tmp_path / "T.npz")
 
 
 @pytest.mark.parametrize(
